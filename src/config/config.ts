@@ -1,0 +1,683 @@
+/**
+ * Keyward configuration: `<dataDir>/config.json`, validated with zod, every key overridable from
+ * the environment (`KEYWARD_<KEY_IN_SCREAMING_SNAKE_CASE>`). Server-only.
+ *
+ * Precedence, highest first: environment variable, `config.json`, built-in default. An environment
+ * variable set to the empty string counts as unset.
+ *
+ * @example
+ * const config = loadConfig("/var/lib/keyward");
+ * server.listen(config.listenPort, config.listenHost);
+ */
+import { chmodSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { isIPv4, isIPv6 } from "node:net";
+import { isAbsolute, join, resolve } from "node:path";
+import { z } from "zod";
+
+// ---------------------------------------------------------------------------------------------
+// Value checks shared by the schema and the resolver
+// ---------------------------------------------------------------------------------------------
+
+const HOSTNAME_RE = /^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$/;
+
+function isHostname(s: string): boolean {
+  return HOSTNAME_RE.test(s);
+}
+
+/** A port number given as decimal digits, or undefined when it is not one in `min..65535`. */
+function parsePort(s: string, min: number): number | undefined {
+  if (!/^\d{1,5}$/.test(s)) return undefined;
+  const n = Number(s);
+  return n >= min && n <= 65535 ? n : undefined;
+}
+
+/**
+ * A listening address: `host:port`, the host a DNS name or an IPv4 address, or `[ipv6]:port`.
+ * The returned host carries no brackets (`::1`), ready for `server.listen(port, host)`.
+ * Throws an `Error` whose message says what is wrong (without the value).
+ *
+ * @example
+ * parseListen("127.0.0.1:8484") // { host: "127.0.0.1", port: 8484 }
+ * parseListen("[::1]:8484")     // { host: "::1", port: 8484 }
+ * parseListen("8484")           // throws Error("expected host:port")
+ */
+export function parseListen(value: string): { host: string; port: number } {
+  let host: string;
+  let portText: string;
+  if (value.startsWith("[")) {
+    const close = value.indexOf("]");
+    if (close === -1 || value[close + 1] !== ":") throw new Error("expected host:port, e.g. [::1]:8484");
+    host = value.slice(1, close);
+    portText = value.slice(close + 2);
+    if (!isIPv6(host)) throw new Error("expected host:port: the host in brackets must be an IPv6 address");
+  } else {
+    const colon = value.lastIndexOf(":");
+    if (colon <= 0) throw new Error("expected host:port");
+    host = value.slice(0, colon);
+    portText = value.slice(colon + 1);
+    if (host.includes(":")) throw new Error("expected host:port: write an IPv6 host in brackets, e.g. [::1]:8484");
+    if (!isIPv4(host) && !isHostname(host)) throw new Error("expected host:port: the host is not a valid host name or IP address");
+  }
+  if (!/^\d{1,5}$/.test(portText)) throw new Error("expected host:port: the port must be a number");
+  const port = parsePort(portText, 0);
+  if (port === undefined) throw new Error("the port must be between 0 and 65535");
+  return { host, port };
+}
+
+/** Splits an authority `host[:port]`; undefined when it is not a DNS host name with an optional port. */
+function parseAuthority(value: string): { host: string; port?: number } | undefined {
+  const colon = value.indexOf(":");
+  const host = colon === -1 ? value : value.slice(0, colon);
+  if (!isHostname(host)) return undefined;
+  if (colon === -1) return { host };
+  const port = parsePort(value.slice(colon + 1), 1);
+  return port === undefined ? undefined : { host, port };
+}
+
+function parseHttpUrl(value: string): URL | undefined {
+  try {
+    const url = new URL(value);
+    return url.protocol === "http:" || url.protocol === "https:" ? url : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A store location, parsed from `storeUrl`. */
+type ParsedStoreUrl = { kind: "sqlite"; path: string } | { kind: "postgres"; url: string };
+
+function parseStoreUrl(value: string): ParsedStoreUrl | string {
+  if (value.startsWith("sqlite:")) {
+    let path = value.slice("sqlite:".length);
+    if (path.startsWith("//")) {
+      // sqlite:///abs/path (URL form, empty host) is accepted; sqlite://host/... is not.
+      if (!path.startsWith("///")) return "expected sqlite:<path> or sqlite:///<absolute path>";
+      path = path.slice(2);
+    }
+    if (path.length === 0) return "expected sqlite:<path>: the path is empty";
+    return { kind: "sqlite", path };
+  }
+  if (value.startsWith("postgres://") || value.startsWith("postgresql://")) {
+    try {
+      const url = new URL(value);
+      if (url.hostname === "") return "expected postgres://[user[:password]@]host[:port]/database";
+    } catch {
+      return "expected postgres://[user[:password]@]host[:port]/database";
+    }
+    return { kind: "postgres", url: value };
+  }
+  return "expected sqlite:<path>, postgres://… or postgresql://…";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema
+// ---------------------------------------------------------------------------------------------
+
+/** A string checked by `check`, which returns the reason it is wrong or undefined when it is fine. */
+function checkedString(check: (s: string) => string | undefined) {
+  return z.string({ error: "must be a string" }).superRefine((s, ctx) => {
+    const reason = check(s);
+    if (reason !== undefined) ctx.addIssue({ code: "custom", message: reason });
+  });
+}
+
+function intIn(min: number, max?: number) {
+  const range = max === undefined ? `must be at least ${min}` : `must be between ${min} and ${max}`;
+  const base = z.int({ error: "must be an integer" }).min(min, { error: range });
+  return max === undefined ? base : base.max(max, { error: range });
+}
+
+const nonEmpty = () => z.string({ error: "must be a string" }).min(1, { error: "must not be empty" });
+
+const listenString = checkedString((s) => {
+  try {
+    parseListen(s);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+});
+
+const httpUrl = (what: string) =>
+  checkedString((s) => (parseHttpUrl(s) === undefined ? `expected an http(s) URL (${what})` : undefined));
+
+/**
+ * The accepted `logLevel` values: pino's levels, plus `silent`.
+ *
+ * @example
+ * LOG_LEVELS.includes("debug") // true
+ */
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+const DEFAULT_LISTEN = "127.0.0.1:8484";
+/**
+ * The listening address of `keyward dev`'s built-in identity provider when `devIdp.listen` is not given.
+ *
+ * @example
+ * const { host, port } = parseListen(config.devIdp?.listen ?? DEFAULT_DEV_IDP_LISTEN);
+ */
+export const DEFAULT_DEV_IDP_LISTEN = "127.0.0.1:8485";
+
+/**
+ * The schema of the configuration values: the contents of `config.json` after environment overrides.
+ * Static defaults are applied by the schema; defaults derived from other keys or from the data
+ * directory (`domain`, `oauthAudience`, `storeUrl`) and path resolution are applied by
+ * {@link resolveConfig}. Unknown keys are refused.
+ *
+ * @example
+ * const values = configSchema.parse({
+ *   authority: "kms.example.com",
+ *   oauthIssuer: "https://idp.example.com",
+ *   oauthJwksUri: "https://idp.example.com/jwks",
+ * });
+ * values.listen // "127.0.0.1:8484"
+ */
+export const configSchema = z.strictObject({
+  listen: listenString.default(DEFAULT_LISTEN),
+  authority: checkedString((s) =>
+    parseAuthority(s) === undefined ? "expected a DNS host name, optionally with :port (e.g. kms.example.com)" : undefined,
+  ),
+  publicUrl: checkedString((s) => {
+    const url = parseHttpUrl(s);
+    const isOrigin = url !== undefined && url.username === "" && url.password === "" && url.pathname === "/" && url.search === "" && url.hash === "" && !s.endsWith("?") && !s.endsWith("#");
+    return isOrigin ? undefined : "expected an http(s) origin such as https://kms.example.com";
+  }).optional(),
+  domain: checkedString((s) => (isHostname(s) ? undefined : "expected a DNS domain name (e.g. example.com)")).optional(),
+  oauthIssuer: httpUrl("the issuer identifier"),
+  oauthJwksUri: httpUrl("the issuer's JWKS"),
+  oauthAudience: nonEmpty().optional(),
+  oauthEntityClaim: nonEmpty().default("email"),
+  oauthIntrospectionUrl: httpUrl("the token introspection endpoint").optional(),
+  oauthClientId: nonEmpty().optional(),
+  oauthClientSecret: nonEmpty().optional(),
+  oauthLeeway: intIn(0, 300).default(30),
+  policy: z.literal([1, 2, 3], { error: "must be 1, 2 or 3" }).default(1),
+  storeUrl: checkedString((s) => {
+    const r = parseStoreUrl(s);
+    return typeof r === "string" ? r : undefined;
+  }).optional(),
+  ephemeralKeyLifetime: intIn(1).default(3600),
+  gmbcReaders: z.enum(["members", "members-and-former"], { error: 'must be "members" or "members-and-former"' }).default("members"),
+  trustRoots: nonEmpty().optional(),
+  maxMessageBytes: intIn(1).default(1_048_576),
+  maxBatchMessages: intIn(1).default(50),
+  maxBlocksPerAppend: intIn(1).default(100),
+  maxOperationsPerBlock: intIn(1).default(10_000),
+  clockSkew: intIn(0).default(300),
+  workers: intIn(1).optional(),
+  logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` }).default("info"),
+  masterKeyFile: nonEmpty().default("master.key"),
+  staticKeyFile: nonEmpty().default("static-key.json"),
+  devIdp: z
+    .strictObject({ listen: listenString.default(DEFAULT_DEV_IDP_LISTEN) }, { error: 'must be an object such as { "listen": "127.0.0.1:8485" }' })
+    .optional(),
+});
+
+/**
+ * A configuration key: a top-level key of `config.json`.
+ *
+ * @example
+ * const key: ConfigKey = "oauthLeeway";
+ */
+export type ConfigKey = keyof typeof configSchema.shape;
+
+/**
+ * The values as written in `config.json` (before defaults): what {@link writeConfigFile} accepts.
+ *
+ * @example
+ * const values: ConfigFileValues = { authority: "kms.example.com", oauthIssuer: "https://idp", oauthJwksUri: "https://idp/jwks" };
+ */
+export type ConfigFileValues = z.input<typeof configSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// The key table (README reference) and environment names
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * One row of {@link CONFIG_KEYS}.
+ *
+ * @example
+ * const row: ConfigKeyInfo = CONFIG_KEYS.policy;
+ * row.env // "KEYWARD_POLICY"
+ */
+export interface ConfigKeyInfo {
+  /** The environment variable that overrides the key. */
+  readonly env: string;
+  /** How the environment variable's text is read: as is, as a strict decimal integer, or as a policy number. */
+  readonly envType: "string" | "integer" | "policy";
+  /** Human-readable description for the configuration reference. */
+  readonly description: string;
+  /** Human-readable default, or undefined when the key has none (required keys, optional keys). */
+  readonly default: string | undefined;
+  /** True when the key must be given (in config.json or the environment). */
+  readonly required: boolean;
+  /** True when the value must never be echoed in error messages. */
+  readonly secret?: boolean;
+}
+
+/**
+ * The configuration keys: key → environment variable → description → default. Source of the
+ * README configuration reference ({@link configReferenceMarkdown}).
+ *
+ * @example
+ * CONFIG_KEYS.oauthJwksUri.env // "KEYWARD_OAUTH_JWKS_URI"
+ * CONFIG_KEYS.listen.default   // "127.0.0.1:8484"
+ */
+export const CONFIG_KEYS = {
+  listen: { env: "KEYWARD_LISTEN", envType: "string", required: false, default: DEFAULT_LISTEN, description: "Address the HTTP server listens on, `host:port` (IPv6 as `[::1]:8484`)." },
+  authority: { env: "KEYWARD_AUTHORITY", envType: "string", required: true, default: undefined, description: "DNS host name (optionally `:port`) of this KMS; its URI is `kms://<authority>`." },
+  publicUrl: { env: "KEYWARD_PUBLIC_URL", envType: "string", required: false, default: undefined, description: "Public http(s) origin clients reach the server at, when it differs from the listening address." },
+  domain: { env: "KEYWARD_DOMAIN", envType: "string", required: false, default: "<authority's host>", description: "Domain this KMS serves (lower-cased)." },
+  oauthIssuer: { env: "KEYWARD_OAUTH_ISSUER", envType: "string", required: true, default: undefined, description: "Issuer identifier (`iss`) of the OAuth 2.0 / OpenID authorization server." },
+  oauthJwksUri: { env: "KEYWARD_OAUTH_JWKS_URI", envType: "string", required: true, default: undefined, description: "URL of the issuer's JSON Web Key Set, used to verify access tokens." },
+  oauthAudience: { env: "KEYWARD_OAUTH_AUDIENCE", envType: "string", required: false, default: "kms://<authority>", description: "Audience (`aud`) access tokens must carry." },
+  oauthEntityClaim: { env: "KEYWARD_OAUTH_ENTITY_CLAIM", envType: "string", required: false, default: "email", description: "Access-token claim naming the authenticated entity." },
+  oauthIntrospectionUrl: { env: "KEYWARD_OAUTH_INTROSPECTION_URL", envType: "string", required: false, default: undefined, description: "Token introspection endpoint (RFC 7662), for opaque access tokens." },
+  oauthClientId: { env: "KEYWARD_OAUTH_CLIENT_ID", envType: "string", required: false, default: undefined, description: "Client id used to authenticate to the introspection endpoint." },
+  oauthClientSecret: { env: "KEYWARD_OAUTH_CLIENT_SECRET", envType: "string", required: false, default: undefined, secret: true, description: "Client secret used to authenticate to the introspection endpoint." },
+  oauthLeeway: { env: "KEYWARD_OAUTH_LEEWAY", envType: "integer", required: false, default: "30", description: "Clock leeway in seconds when checking token `exp`/`nbf`/`iat` (0–300)." },
+  policy: { env: "KEYWARD_POLICY", envType: "policy", required: false, default: "1", description: "Authorization policy: 1, 2 or 3." },
+  storeUrl: { env: "KEYWARD_STORE_URL", envType: "string", required: false, default: "sqlite:<dataDir>/keyward.db", secret: true, description: "Store: `sqlite:<path>` (relative to the data directory) or `postgres://…`/`postgresql://…`." },
+  ephemeralKeyLifetime: { env: "KEYWARD_EPHEMERAL_KEY_LIFETIME", envType: "integer", required: false, default: "3600", description: "Lifetime in seconds of ephemeral (ECDHE) keys, at least 1." },
+  gmbcReaders: { env: "KEYWARD_GMBC_READERS", envType: "string", required: false, default: "members", description: "Who may read a group's membership chain: `members` or `members-and-former`." },
+  trustRoots: { env: "KEYWARD_TRUST_ROOTS", envType: "string", required: false, default: undefined, description: "PEM bundle of trust roots (path relative to the data directory)." },
+  maxMessageBytes: { env: "KEYWARD_MAX_MESSAGE_BYTES", envType: "integer", required: false, default: "1048576", description: "Largest request message accepted, in bytes." },
+  maxBatchMessages: { env: "KEYWARD_MAX_BATCH_MESSAGES", envType: "integer", required: false, default: "50", description: "Most messages accepted in one batch." },
+  maxBlocksPerAppend: { env: "KEYWARD_MAX_BLOCKS_PER_APPEND", envType: "integer", required: false, default: "100", description: "Most blocks accepted in one append." },
+  maxOperationsPerBlock: { env: "KEYWARD_MAX_OPERATIONS_PER_BLOCK", envType: "integer", required: false, default: "10000", description: "Most operations accepted in one block." },
+  clockSkew: { env: "KEYWARD_CLOCK_SKEW", envType: "integer", required: false, default: "300", description: "Tolerated clock skew in seconds for client-supplied timestamps." },
+  workers: { env: "KEYWARD_WORKERS", envType: "integer", required: false, default: undefined, description: "Number of worker processes (positive integer); unset lets the server choose." },
+  logLevel: { env: "KEYWARD_LOG_LEVEL", envType: "string", required: false, default: "info", description: `Log level: ${LOG_LEVELS.join(", ")}.` },
+  masterKeyFile: { env: "KEYWARD_MASTER_KEY_FILE", envType: "string", required: false, default: "master.key", description: "File holding the master key (relative to the data directory); see also `KEYWARD_MASTER_KEY`." },
+  staticKeyFile: { env: "KEYWARD_STATIC_KEY_FILE", envType: "string", required: false, default: "static-key.json", description: "File holding the KMS static key (relative to the data directory)." },
+  devIdp: { env: "KEYWARD_DEV_IDP_LISTEN", envType: "string", required: false, default: undefined, description: `\`keyward dev\` only: built-in identity provider, \`{ "listen": "host:port" }\` (listen defaults to ${DEFAULT_DEV_IDP_LISTEN}).` },
+} as const satisfies Record<ConfigKey, ConfigKeyInfo>;
+
+/** Environment variables read by Keyward that are not configuration keys (documented in the reference). */
+const ENV_ONLY = [
+  { env: "KEYWARD_MASTER_KEY", description: "The master key itself, supplied through the environment instead of `masterKeyFile`. Never written to files." },
+] as const;
+
+const CONFIG_KEY_NAMES = Object.keys(CONFIG_KEYS) as ConfigKey[];
+
+function isConfigKey(key: string): key is ConfigKey {
+  return Object.hasOwn(CONFIG_KEYS, key);
+}
+
+/**
+ * The environment variable overriding a configuration key: the table's name for known keys
+ * (`devIdp` → `KEYWARD_DEV_IDP_LISTEN`), otherwise `KEYWARD_` + the key in SCREAMING_SNAKE_CASE
+ * (a dotted path's dots become underscores).
+ *
+ * @example
+ * envNameOf("oauthJwksUri")  // "KEYWARD_OAUTH_JWKS_URI"
+ * envNameOf("devIdp.listen") // "KEYWARD_DEV_IDP_LISTEN"
+ */
+export function envNameOf(key: string): string {
+  if (isConfigKey(key)) return CONFIG_KEYS[key].env;
+  const snake = key
+    .replace(/\./g, "_")
+    .replace(/([a-z0-9])([A-Z])/g, "$1_$2")
+    .toUpperCase();
+  return `KEYWARD_${snake}`;
+}
+
+/**
+ * The configuration reference as a markdown table (key, environment variable, default, description),
+ * generated from {@link CONFIG_KEYS}, for the README.
+ *
+ * @example
+ * const md = configReferenceMarkdown();
+ * md.split("\n")[0] // "| Key | Environment variable | Default | Description |"
+ */
+export function configReferenceMarkdown(): string {
+  const cell = (s: string) => s.replace(/\|/g, "\\|").replace(/\n/g, " ");
+  const lines = ["| Key | Environment variable | Default | Description |", "| --- | --- | --- | --- |"];
+  for (const key of CONFIG_KEY_NAMES) {
+    const info: ConfigKeyInfo = CONFIG_KEYS[key];
+    const dflt = info.required ? "*required*" : info.default === undefined ? "—" : `\`${info.default}\``;
+    lines.push(`| \`${key}\` | \`${info.env}\` | ${cell(dflt)} | ${cell(info.description)} |`);
+  }
+  for (const v of ENV_ONLY) lines.push(`| — | \`${v.env}\` | — | ${cell(v.description)} |`);
+  return lines.join("\n") + "\n";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A configuration problem. `key` names what is wrong: a config key (`"policy"`, `"devIdp.listen"`)
+ * when the value came from `config.json`, the environment variable (`"KEYWARD_POLICY"`) when it
+ * came from the environment, or `"config.json"` when the file itself is missing or unreadable.
+ *
+ * @example
+ * try { loadConfig(dir, { KEYWARD_POLICY: "7" }); }
+ * catch (e) { if (e instanceof ConfigError) console.error(e.message); } // config: KEYWARD_POLICY: must be 1, 2 or 3 (got "7")
+ */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+  constructor(
+    readonly key: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function shown(value: unknown, secret: boolean): string {
+  if (secret || value === undefined) return "";
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  if (text.length > 80) text = text.slice(0, 77) + "...";
+  return ` (got ${text})`;
+}
+
+function isSecret(path: string): boolean {
+  return isConfigKey(path) && (CONFIG_KEYS[path] as ConfigKeyInfo).secret === true;
+}
+
+function fileError(path: string, reason: string, value: unknown): ConfigError {
+  return new ConfigError(path, `config.json: '${path}': ${reason}${shown(value, isSecret(path))}`);
+}
+
+function envError(envName: string, path: string, reason: string, raw: string): ConfigError {
+  return new ConfigError(envName, `config: ${envName}: ${reason}${shown(raw, isSecret(path))}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolved configuration
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Where the store lives, parsed from `storeUrl`: a SQLite file (absolute path, or `:memory:`) or a
+ * PostgreSQL connection URL.
+ *
+ * @example
+ * if (config.store.kind === "sqlite") openSqlite(config.store.path);
+ */
+export type StoreLocation = { readonly kind: "sqlite"; readonly path: string } | { readonly kind: "postgres"; readonly url: string };
+
+/**
+ * The configuration after defaults, environment overrides, validation and resolution: paths are
+ * absolute, derived defaults are filled in, and the listening addresses are split.
+ *
+ * @example
+ * const config: KeywardConfig = loadConfig("/var/lib/keyward");
+ * config.oauthAudience // "kms://kms.example.com" unless configured
+ */
+export interface KeywardConfig {
+  /** Absolute path of the data directory. */
+  readonly dataDir: string;
+  readonly listen: string;
+  /** The listening host; an IPv6 address without brackets (`::1`). */
+  readonly listenHost: string;
+  readonly listenPort: number;
+  readonly authority: string;
+  /** The `http(s)` origin, normalised (no trailing slash). */
+  readonly publicUrl?: string;
+  /** Lower-cased. */
+  readonly domain: string;
+  readonly oauthIssuer: string;
+  readonly oauthJwksUri: string;
+  readonly oauthAudience: string;
+  readonly oauthEntityClaim: string;
+  readonly oauthIntrospectionUrl?: string;
+  readonly oauthClientId?: string;
+  readonly oauthClientSecret?: string;
+  readonly oauthLeeway: number;
+  readonly policy: 1 | 2 | 3;
+  /** `sqlite:<absolute path>` (or `sqlite::memory:`), or the PostgreSQL URL as given. */
+  readonly storeUrl: string;
+  readonly store: StoreLocation;
+  readonly ephemeralKeyLifetime: number;
+  readonly gmbcReaders: "members" | "members-and-former";
+  /** Absolute path. */
+  readonly trustRoots?: string;
+  readonly maxMessageBytes: number;
+  readonly maxBatchMessages: number;
+  readonly maxBlocksPerAppend: number;
+  readonly maxOperationsPerBlock: number;
+  readonly clockSkew: number;
+  readonly workers?: number;
+  readonly logLevel: (typeof LOG_LEVELS)[number];
+  /** Absolute path. */
+  readonly masterKeyFile: string;
+  /** Absolute path. */
+  readonly staticKeyFile: string;
+  readonly devIdp?: { readonly listen: string; readonly listenHost: string; readonly listenPort: number };
+  /** The master key from `KEYWARD_MASTER_KEY`, when set. Never written to files. */
+  readonly masterKeyFromEnv?: string;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Levenshtein distance, for "did you mean" hints on misspelt keys. */
+function distance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0]!;
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const up = prev[j]!;
+      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = up;
+    }
+  }
+  return prev[b.length]!;
+}
+
+function unknownKeyError(key: string): ConfigError {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const k of CONFIG_KEY_NAMES) {
+    const d = distance(key.toLowerCase(), k.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [k, d];
+  }
+  const hint = best !== undefined && bestDistance <= Math.max(2, Math.floor(key.length / 4)) ? ` (did you mean '${best}'?)` : "";
+  return new ConfigError(key, `config.json: '${key}': unknown key${hint}`);
+}
+
+function parseEnvValue(key: ConfigKey, info: ConfigKeyInfo, raw: string): unknown {
+  switch (info.envType) {
+    case "string":
+      return raw;
+    case "integer": {
+      const n = Number(raw);
+      if (!/^-?\d+$/.test(raw) || !Number.isSafeInteger(n)) throw envError(info.env, key, "must be an integer", raw);
+      return n;
+    }
+    case "policy":
+      if (raw !== "1" && raw !== "2" && raw !== "3") throw envError(info.env, key, "must be 1, 2 or 3", raw);
+      return Number(raw);
+  }
+}
+
+function resolvePath(dataDir: string, p: string): string {
+  return isAbsolute(p) ? resolve(p) : resolve(dataDir, p);
+}
+
+/**
+ * Validates configuration values (as read from `config.json`), applies environment overrides and
+ * defaults, and resolves them against the data directory. {@link loadConfig} is this plus reading the
+ * file; use it directly to build a configuration without a file (tests, embedding).
+ *
+ * @example
+ * const config = resolveConfig("/tmp/kw", {
+ *   authority: "kms.example.com",
+ *   oauthIssuer: "https://idp.example.com",
+ *   oauthJwksUri: "https://idp.example.com/jwks",
+ * }, {});
+ * config.storeUrl // "sqlite:/tmp/kw/keyward.db"
+ */
+export function resolveConfig(
+  dataDir: string,
+  values: Record<string, unknown>,
+  env: Record<string, string | undefined> = process.env,
+): KeywardConfig {
+  const dir = resolve(dataDir);
+  for (const key of Object.keys(values)) if (!isConfigKey(key)) throw unknownKeyError(key);
+
+  // Environment overrides; remember which (dotted) paths came from where, for error messages.
+  const merged: Record<string, unknown> = { ...values };
+  const fromEnv = new Map<string, { env: string; raw: string }>();
+  for (const key of CONFIG_KEY_NAMES) {
+    const info: ConfigKeyInfo = CONFIG_KEYS[key];
+    const raw = env[info.env];
+    if (raw === undefined || raw === "") continue;
+    const value = parseEnvValue(key, info, raw);
+    if (key === "devIdp") {
+      merged.devIdp = { ...(isPlainObject(merged.devIdp) ? merged.devIdp : {}), listen: value };
+      fromEnv.set("devIdp.listen", { env: info.env, raw });
+    } else {
+      merged[key] = value;
+      fromEnv.set(key, { env: info.env, raw });
+    }
+  }
+
+  const result = configSchema.safeParse(merged);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const segments = issue.path.map(String);
+    if (issue.code === "unrecognized_keys") {
+      const nested = [...segments, issue.keys[0] ?? "?"].join(".");
+      throw new ConfigError(nested, `config.json: '${nested}': unknown key`);
+    }
+    const path = segments.join(".");
+    const value = issue.path.reduce<unknown>((v, k) => (isPlainObject(v) ? v[String(k)] : undefined), merged);
+    const source = fromEnv.get(path);
+    if (source !== undefined) throw envError(source.env, path, issue.message, source.raw);
+    if (value === undefined && segments.length === 1) {
+      throw new ConfigError(path, `config: '${path}' is required: set it in config.json or ${envNameOf(path)}`);
+    }
+    throw fileError(path, issue.message, value);
+  }
+  const v = result.data;
+
+  const listen = parseListen(v.listen);
+  const authority = parseAuthority(v.authority)!;
+  const store = parseStoreUrl(v.storeUrl ?? `sqlite:${join(dir, "keyward.db")}`) as ParsedStoreUrl;
+  const resolvedStore: StoreLocation =
+    store.kind === "sqlite" && store.path !== ":memory:" ? { kind: "sqlite", path: resolvePath(dir, store.path) } : store;
+  const devIdpListen = v.devIdp === undefined ? undefined : parseListen(v.devIdp.listen);
+  const masterKeyFromEnv = env.KEYWARD_MASTER_KEY;
+
+  return {
+    dataDir: dir,
+    listen: v.listen,
+    listenHost: listen.host,
+    listenPort: listen.port,
+    authority: v.authority,
+    ...(v.publicUrl !== undefined && { publicUrl: new URL(v.publicUrl).origin }),
+    domain: (v.domain ?? authority.host).toLowerCase(),
+    oauthIssuer: v.oauthIssuer,
+    oauthJwksUri: v.oauthJwksUri,
+    oauthAudience: v.oauthAudience ?? `kms://${v.authority}`,
+    oauthEntityClaim: v.oauthEntityClaim,
+    ...(v.oauthIntrospectionUrl !== undefined && { oauthIntrospectionUrl: v.oauthIntrospectionUrl }),
+    ...(v.oauthClientId !== undefined && { oauthClientId: v.oauthClientId }),
+    ...(v.oauthClientSecret !== undefined && { oauthClientSecret: v.oauthClientSecret }),
+    oauthLeeway: v.oauthLeeway,
+    policy: v.policy,
+    storeUrl: resolvedStore.kind === "sqlite" ? `sqlite:${resolvedStore.path}` : resolvedStore.url,
+    store: resolvedStore,
+    ephemeralKeyLifetime: v.ephemeralKeyLifetime,
+    gmbcReaders: v.gmbcReaders,
+    ...(v.trustRoots !== undefined && { trustRoots: resolvePath(dir, v.trustRoots) }),
+    maxMessageBytes: v.maxMessageBytes,
+    maxBatchMessages: v.maxBatchMessages,
+    maxBlocksPerAppend: v.maxBlocksPerAppend,
+    maxOperationsPerBlock: v.maxOperationsPerBlock,
+    clockSkew: v.clockSkew,
+    ...(v.workers !== undefined && { workers: v.workers }),
+    logLevel: v.logLevel,
+    masterKeyFile: resolvePath(dir, v.masterKeyFile),
+    staticKeyFile: resolvePath(dir, v.staticKeyFile),
+    ...(v.devIdp !== undefined &&
+      devIdpListen !== undefined && { devIdp: { listen: v.devIdp.listen, listenHost: devIdpListen.host, listenPort: devIdpListen.port } }),
+    ...(masterKeyFromEnv !== undefined && masterKeyFromEnv !== "" && { masterKeyFromEnv }),
+  };
+}
+
+/** The file name of the configuration inside the data directory. */
+const CONFIG_FILE = "config.json";
+
+/**
+ * Loads `<dataDir>/config.json`, refuses unknown keys, applies environment overrides (`KEYWARD_*`;
+ * integers parsed strictly), validates, applies defaults and resolves paths against the data
+ * directory. Every problem is a {@link ConfigError} naming the key (or environment variable).
+ *
+ * @example
+ * const config = loadConfig("/var/lib/keyward");                      // uses process.env
+ * const other = loadConfig("./data", { KEYWARD_LISTEN: "[::1]:9000" }); // explicit environment
+ */
+export function loadConfig(dataDir: string, env: Record<string, string | undefined> = process.env): KeywardConfig {
+  const dir = resolve(dataDir);
+  const file = join(dir, CONFIG_FILE);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === "ENOENT") {
+      throw new ConfigError(
+        CONFIG_FILE,
+        `config: ${file} not found: the data directory ${dir} is not initialised (run \`keyward init\` to create it)`,
+      );
+    }
+    throw new ConfigError(CONFIG_FILE, `config: cannot read ${file}: ${err.message}`);
+  }
+  let values: unknown;
+  try {
+    values = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(CONFIG_FILE, `config.json: not valid JSON (${file}): ${(e as Error).message}`);
+  }
+  if (!isPlainObject(values)) throw new ConfigError(CONFIG_FILE, `config.json: must contain a JSON object (${file})`);
+  return resolveConfig(dir, values, env);
+}
+
+/**
+ * Writes `<dataDir>/config.json` (pretty-printed, mode 0644) with exactly the given keys, replacing
+ * the file atomically. Keys whose value is `undefined` are left out. Unknown keys and invalid values
+ * are refused with a {@link ConfigError}; the master key is not a configuration key and so can never
+ * be written. The data directory must exist.
+ *
+ * @example
+ * writeConfigFile("/var/lib/keyward", {
+ *   authority: "kms.example.com",
+ *   oauthIssuer: "https://idp.example.com",
+ *   oauthJwksUri: "https://idp.example.com/jwks",
+ * });
+ */
+export function writeConfigFile(dataDir: string, values: Partial<ConfigFileValues>): void {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(values)) {
+    if (!isConfigKey(key)) throw unknownKeyError(key);
+    if (value === undefined) continue;
+    const result = configSchema.shape[key].safeParse(value);
+    if (!result.success) {
+      const issue = result.error.issues[0]!;
+      const path = [key, ...issue.path.map(String)].join(".");
+      if (issue.code === "unrecognized_keys") throw new ConfigError(`${path}.${issue.keys[0] ?? "?"}`, `config.json: '${path}.${issue.keys[0] ?? "?"}': unknown key`);
+      throw fileError(path, issue.message, value);
+    }
+    out[key] = value;
+  }
+  const file = join(resolve(dataDir), CONFIG_FILE);
+  const tmp = `${file}.${process.pid}.tmp`;
+  try {
+    writeFileSync(tmp, JSON.stringify(out, null, 2) + "\n", { mode: 0o644 });
+    chmodSync(tmp, 0o644);
+    renameSync(tmp, file);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}

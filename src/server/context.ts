@@ -1,0 +1,45 @@
+import type { Logger } from "pino";
+import type { AuthenticatedIdentity, Authenticator } from "../identity/authenticator.js";
+import type { RequestPayload } from "../protocol/messages.js";
+import type { ResolvedUri } from "../protocol/uri.js";
+import type { ChannelRecord, Store } from "../store/store.js";
+import type { Barrier } from "./barrier/barrier.js";
+import type { StaticKey } from "./static-key.js";
+
+/** Settings the core reads (a subset of the full config, so that tests can build a core directly). */
+export interface CoreSettings {
+  readonly authority: string;
+  readonly ephemeralKeyLifetimeSeconds: number;
+  readonly clockSkewSeconds: number;
+  /** §5: messages per channel before it is exhausted. */
+  readonly channelMessageLimit: number;
+}
+
+/** What every handler may use. */
+export interface CoreServices {
+  readonly settings: CoreSettings;
+  readonly store: Store;
+  readonly barrier: Barrier;
+  readonly staticKey: StaticKey;
+  readonly authenticator: Authenticator;
+  readonly logger: Logger;
+  readonly now: () => Date;
+}
+
+/** One authenticated request, routed. */
+export interface RequestContext {
+  readonly services: CoreServices;
+  readonly request: RequestPayload;
+  readonly identity: AuthenticatedIdentity;
+  readonly target: ResolvedUri;
+  /** The channel the request came on (absent for key agreement). */
+  readonly channel?: ChannelRecord;
+}
+
+/** A handler's answer: a status and the operation's fields; the core adds requestId and encrypts. */
+export interface HandlerResult {
+  readonly status: number;
+  readonly [field: string]: unknown;
+}
+
+export type Handler = (ctx: RequestContext) => Promise<HandlerResult>;

@@ -1,0 +1,169 @@
+import { CHANNEL_MESSAGE_LIMIT, CONTENT_ENCRYPTION } from "../protocol/constants.js";
+import { badRequest, conflict, forbidden, KmsError, unauthorized } from "../protocol/errors.js";
+import { checkCommonHeaderRules, inspectCompact } from "../protocol/jose/compact.js";
+import { decryptCommonMessage, encryptCommonMessage } from "../protocol/jose/common-message.js";
+import { parseCredential, parseRequest, requestIdOf, type RequestId } from "../protocol/messages.js";
+import { resolveUri } from "../protocol/uri.js";
+import type { ChannelRecord } from "../store/store.js";
+import type { CoreServices } from "./context.js";
+import { createEphemeralKey, KeyAgreementError } from "./key-agreement.js";
+import { route } from "./router.js";
+
+/** A reply to send on a live channel: a common message on that channel's key. */
+class ChannelReply extends Error {
+  constructor(readonly error: KmsError, readonly requestId?: RequestId) {
+    super(error.reason);
+  }
+}
+
+/** Per-operation outcome, for metrics and logs (never payloads). */
+export interface RequestOutcome {
+  readonly op: string;
+  readonly status: number;
+  readonly form: "jws" | "jwe";
+}
+
+/**
+ * The server core: one compact JOSE string in, one out, whatever the transport (§3). The form of
+ * every error follows §4: it depends only on the key the message names.
+ *
+ *   message ── not JOSE ───────────────────────────────► JWS 400
+ *      │ kid = static kid ── key agreement ─────────────► JWS (reply or error)
+ *      │ kid = ephemeral uri ── unknown/deleted ────────► JWS 401
+ *      │                    └─ expired/exhausted ───────► JWS 403
+ *      │                    └─ bad header ──────────────► common 400
+ *      │                    └─ does not decrypt ────────► JWS 401
+ *      └─ decrypted: authenticate → identity → fields → replay → route → handler ► common message
+ *
+ * @example
+ * const reply = await core.handle(compactJwe);
+ */
+export class KmsCore {
+  constructor(
+    readonly services: CoreServices,
+    private readonly observe: (outcome: RequestOutcome) => void = () => {},
+  ) {}
+
+  async handle(message: string): Promise<string> {
+    let info;
+    try {
+      info = inspectCompact(message);
+      if (info.kind === "jws") throw badRequest("a request must be a JWE (a JWS is not a request)", "ERR_NOT_JWE");
+    } catch (e) {
+      return this.jwsError(e, undefined, "invalid");
+    }
+    const kid = info.header.kid;
+    if (kid === this.services.staticKey.kid) {
+      try {
+        const reply = await createEphemeralKey(this.services, message, info.header);
+        this.observe({ op: "ecdhe.create", status: 201, form: "jws" });
+        return this.services.staticKey.sign(reply);
+      } catch (e) {
+        return e instanceof KeyAgreementError ? this.jwsError(e.error, e.requestId, "ecdhe.create") : this.jwsError(e, undefined, "ecdhe.create");
+      }
+    }
+    return this.handleOnChannel(message, info.header, kid);
+  }
+
+  private async handleOnChannel(message: string, header: Readonly<Record<string, unknown>>, kid: unknown): Promise<string> {
+    const { store, barrier, settings } = this.services;
+    let channel: ChannelRecord | undefined;
+    try {
+      channel = await this.lookupChannel(kid);
+    } catch (e) {
+      return this.jwsError(e, undefined, "channel");
+    }
+
+    let key: Uint8Array;
+    try {
+      key = barrier.open(`ecdhe:${channel.uri}`, channel.sealedKey);
+    } catch (e) {
+      this.services.logger.error({ channel: channel.uri }, "a stored ephemeral key does not open: store tampered or wrong keyring");
+      return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), undefined, "channel");
+    }
+
+    let op = "channel";
+    try {
+      try {
+        checkCommonHeaderRules(header);
+        if (header.alg !== "dir") throw badRequest("common messages use 'alg: dir'", "ERR_ALG");
+        if (header.enc !== CONTENT_ENCRYPTION) throw badRequest(`content encryption must be ${CONTENT_ENCRYPTION}`, "ERR_ENC");
+      } catch (e) {
+        throw new ChannelReply(e as KmsError); // §4: on that key, without decrypting, no requestId
+      }
+
+      let payload: unknown;
+      try {
+        payload = (await decryptCommonMessage(key, message)).payload;
+      } catch (e) {
+        if (e instanceof SyntaxError) throw new ChannelReply(badRequest("the request payload is not JSON", "ERR_PAYLOAD"));
+        return this.jwsError(unauthorized("the message does not decrypt with its ephemeral key", "ERR_DECRYPT"), undefined, op);
+      }
+      const requestId = requestIdOf(payload);
+      try {
+        const identity = await this.services.authenticator.authenticate(parseCredential(payload), { keyAgreement: false });
+        if (identity.entity !== channel.entity || identity.kind !== channel.credentialKind ||
+            identity.thumbprint !== channel.credentialThumbprint) {
+          throw forbidden("the credential names another identity than the one this channel was opened for", "ERR_CHANNEL_IDENTITY");
+        }
+        const request = parseRequest(payload);
+        const target = resolveUri(request.uri, settings.authority);
+        op = `${request.method} ${target.segments[0] ?? "/"}`;
+        const recorded = await store.recordChannelMessage(channel.uri, JSON.stringify(request.requestId), settings.channelMessageLimit ?? CHANNEL_MESSAGE_LIMIT);
+        if (recorded === "replay") throw conflict("requestId already used on this channel: replay refused", "ERR_REPLAY");
+        if (recorded === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), requestId, op);
+        if (recorded === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), requestId, op);
+
+        const handler = route(target, request.method);
+        const result = await handler({ services: this.services, request, identity, target, channel });
+        this.observe({ op, status: result.status, form: "jwe" });
+        return encryptCommonMessage(key, channel.uri, { ...result, requestId: request.requestId });
+      } catch (e) {
+        throw new ChannelReply(e instanceof KmsError ? e : this.internal(e, op), requestId);
+      }
+    } catch (e) {
+      if (!(e instanceof ChannelReply)) throw e;
+      this.observe({ op, status: e.error.status, form: "jwe" });
+      const body = { status: e.error.status, reason: e.error.reason, ...(e.requestId !== undefined ? { requestId: e.requestId } : {}) };
+      return encryptCommonMessage(key, channel.uri, body);
+    }
+  }
+
+  /** §4 and §5: unknown or deleted key → 401; expired or exhausted → 403 (all as JWS errors). */
+  private async lookupChannel(kid: unknown): Promise<ChannelRecord> {
+    if (typeof kid !== "string") throw unauthorized("the message names no key ('kid' missing)", "ERR_UNKNOWN_EPHEMERAL_KEY");
+    let uri: string;
+    try {
+      const target = resolveUri(kid, this.services.settings.authority);
+      if (target.foreign || target.segments.length !== 2 || target.segments[0] !== "ecdhe") throw new Error();
+      uri = `kms://${this.services.settings.authority}${target.path}`;
+    } catch {
+      throw unauthorized("unknown key", "ERR_UNKNOWN_EPHEMERAL_KEY");
+    }
+    const channel = await this.services.store.getChannel(uri);
+    if (!channel) throw unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY");
+    if (this.services.now().getTime() >= channel.expiresAt.getTime()) {
+      throw forbidden("the ephemeral key used in the request has expired", "ERR_EPHEMERAL_KEY_EXPIRED");
+    }
+    if (channel.messageCount >= this.services.settings.channelMessageLimit) {
+      throw forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED");
+    }
+    return channel;
+  }
+
+  private async jwsError(e: unknown, requestId: RequestId | undefined, op: string): Promise<string> {
+    const error = e instanceof KmsError ? e : this.internal(e, op);
+    this.observe({ op, status: error.status, form: "jws" });
+    return this.services.staticKey.sign({
+      status: error.status,
+      reason: error.reason,
+      ...(requestId !== undefined ? { requestId } : {}),
+    });
+  }
+
+  private internal(e: unknown, op: string): KmsError {
+    // Log the failure's kind and message, never the request (it may carry tokens or keys).
+    this.services.logger.error({ op, err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, "internal error");
+    return new KmsError(500, "ERR_INTERNAL", "internal error");
+  }
+}

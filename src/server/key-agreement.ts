@@ -1,0 +1,141 @@
+import { randomUUID } from "node:crypto";
+import { calculateJwkThumbprint, compactDecrypt, exportJWK, type JWK } from "jose";
+import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
+import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
+import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
+import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../protocol/jose/ephemeral-key.js";
+import { parseCredential, parseRequest, requestIdOf, type RequestId, type RequestPayload } from "../protocol/messages.js";
+import type { AuthenticatedIdentity } from "../identity/authenticator.js";
+import { objectUri, resolveUri } from "../protocol/uri.js";
+import type { CoreServices } from "./context.js";
+
+/** Thrown inside key agreement: every error there is a JWS error (§4), with the requestId once known. */
+export class KeyAgreementError extends Error {
+  constructor(readonly error: KmsError, readonly requestId?: RequestId) {
+    super(error.reason);
+  }
+}
+
+/**
+ * Create ephemeral key (§5, draft §4.6.1): a JWE to the static key whose plaintext is the request.
+ * Authenticates the credential before anything else, then creates the channel and returns the
+ * payload of the signed reply. Every refusal is a KeyAgreementError (a JWS error on the wire).
+ */
+export async function createEphemeralKey(services: CoreServices, message: string, header: Readonly<Record<string, unknown>>): Promise<Record<string, unknown>> {
+  const { staticKey, settings } = services;
+  checkStaticHeader(header, staticKey.keyManagementAlgorithms);
+  await checkEphemeralPublicKey(header);
+  const alg = header.alg as string;
+
+  let plaintext: Uint8Array;
+  try {
+    ({ plaintext } = await compactDecrypt(message, await staticKey.keyFor(alg), {
+      keyManagementAlgorithms: [alg],
+      contentEncryptionAlgorithms: [CONTENT_ENCRYPTION],
+    }));
+  } catch {
+    throw new KeyAgreementError(unauthorized("the request does not decrypt with the KMS static key", "ERR_DECRYPT"));
+  }
+
+  const text = new TextDecoder().decode(plaintext);
+  if (/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/.test(text)) {
+    // JWE(K_kms_pub, JWS(K_client_priv, request)): a certificate credential with proof of possession (§6).
+    throw new KeyAgreementError(unauthorized("certificate credentials are not accepted: this KMS has no trust roots configured", "ERR_NO_TRUST_ROOTS"));
+  }
+  let payload: unknown;
+  try {
+    payload = JSON.parse(text);
+  } catch {
+    throw new KeyAgreementError(badRequest("the request payload is not JSON", "ERR_PAYLOAD"));
+  }
+  const requestId = requestIdOf(payload);
+  const fail = (e: unknown): never => {
+    throw new KeyAgreementError(e instanceof KmsError ? e : unauthorized("authentication failed"), requestId);
+  };
+
+  let identity: AuthenticatedIdentity;
+  let request: RequestPayload;
+  try {
+    // §5: the credential is authenticated before anything else; a failure creates nothing.
+    identity = await services.authenticator.authenticate(parseCredential(payload), { keyAgreement: true });
+    request = parseRequest(payload);
+  } catch (e) {
+    return fail(e);
+  }
+
+  try {
+    const target = resolveUri(request.uri, settings.authority);
+    if (target.foreign) throw notFound(`${request.uri} names another KMS`, "ERR_FOREIGN_AUTHORITY");
+    if (target.path !== "/ecdhe") {
+      throw badRequest("only 'create /ecdhe' may be encrypted to the KMS static key; other requests go on a channel", "ERR_STATIC_KEY_MISUSE");
+    }
+    if (request.method !== "create") throw methodNotAllowed(`'${request.method}' is not supported on /ecdhe`);
+    const clientKey = await importEcdhPublicKey(request.jwk, "jwk");
+    const clientJwk = request.jwk as JWK;
+    const clientKeyThumbprint = await calculateJwkThumbprint({ kty: "EC", crv: "P-256", x: clientJwk.x!, y: clientJwk.y! });
+
+    const pair = await generateEphemeralKeyPair();
+    const kEphemeral = await deriveEphemeralKey(pair.privateKey, clientKey);
+    const uri = objectUri(settings.authority, "ecdhe", randomUUID());
+    const createdAt = new Date(Math.floor(services.now().getTime() / 1000) * 1000);
+    const expiresAt = new Date(createdAt.getTime() + settings.ephemeralKeyLifetimeSeconds * 1000);
+    const created = await services.store.createChannel({
+      uri,
+      entity: identity.entity,
+      clientId: request.client.clientId,
+      credentialKind: identity.kind,
+      ...(identity.thumbprint ? { credentialThumbprint: identity.thumbprint } : {}),
+      clientKeyThumbprint,
+      sealedKey: services.barrier.seal(`ecdhe:${uri}`, kEphemeral),
+      createdAt,
+      expiresAt,
+      messageCount: 0,
+    });
+    if (!created) {
+      throw conflict("this ECDHE public key was used before: a client must use a fresh key pair for every key agreement", "ERR_ECDHE_KEY_REUSED");
+    }
+    const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+    const ephemeralKey = {
+      uri,
+      jwk: { kty, crv, x, y },
+      userId: identity.entity,
+      clientId: request.client.clientId,
+      createDate: rfc3339(createdAt),
+      expirationDate: rfc3339(expiresAt),
+    };
+    services.logger.debug({ op: "ecdhe.create", channel: uri, entity: identity.entity }, "channel created");
+    // Deployed clients read `key`; the draft's example shows `ephemeral-key` (§5): send both.
+    return { status: 201, requestId: request.requestId, key: ephemeralKey, "ephemeral-key": ephemeralKey };
+  } catch (e) {
+    return fail(e);
+  }
+}
+
+/** §2 and §4: what a key-agreement header must be; every violation is a 400. */
+function checkStaticHeader(header: Readonly<Record<string, unknown>>, allowed: readonly string[]): void {
+  try {
+    checkCommonHeaderRules(header);
+    const alg = header.alg as string;
+    if (alg === "dir") throw badRequest("'dir' is only for common messages on a channel", "ERR_ALG");
+    if (!allowed.includes(alg)) {
+      throw badRequest(`algorithm '${alg}' does not match the KMS static key (accepted: ${allowed.join(", ")})`, "ERR_ALG");
+    }
+    if (header.enc !== CONTENT_ENCRYPTION) throw badRequest(`content encryption must be ${CONTENT_ENCRYPTION}`, "ERR_ENC");
+  } catch (e) {
+    throw new KeyAgreementError(e as KmsError);
+  }
+}
+
+/** Validates a JWE `epk` before any ECDH with the static key: the invalid-curve attack (§2). */
+async function checkEphemeralPublicKey(header: Readonly<Record<string, unknown>>): Promise<void> {
+  if (header.epk === undefined) return;
+  try {
+    await importEcdhPublicKey(header.epk, "epk");
+  } catch (e) {
+    throw new KeyAgreementError(e as KmsError);
+  }
+}
+
+export function rfc3339(d: Date): string {
+  return d.toISOString().replace(/\.\d{3}Z$/, "Z");
+}

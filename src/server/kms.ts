@@ -1,0 +1,127 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { Counter, Registry, collectDefaultMetrics } from "prom-client";
+import { PROTOCOL_NAME } from "../protocol/constants.js";
+import { kmsUri } from "../protocol/uri.js";
+import type { Authenticator } from "../identity/authenticator.js";
+import type { Store } from "../store/store.js";
+import { createHttpHandler } from "../transport/http/http-binding.js";
+import { Barrier } from "./barrier/barrier.js";
+import type { CoreSettings } from "./context.js";
+import { KmsCore } from "./core.js";
+import type { StaticKey } from "./static-key.js";
+
+/** Expired channels are kept this long (§4: remembered ≥ 24 h, so late requests get 403, not 401). */
+const EXPIRED_CHANNEL_RETENTION_MS = 24 * 3600 * 1000;
+
+export interface KmsOptions {
+  readonly settings: CoreSettings & {
+    readonly maxMessageBytes: number;
+    readonly maxBatchMessages: number;
+    readonly maxInFlight?: number;
+  };
+  readonly store: Store;
+  readonly masterKey: Uint8Array;
+  readonly staticKey: StaticKey;
+  readonly authenticator: Authenticator;
+  readonly logger: Logger;
+  readonly now?: () => Date;
+}
+
+/**
+ * A KMS assembled from its parts: store behind the barrier, static key, authenticator, core, and
+ * the HTTP binding. `keyward serve` builds one from a data dir (src/server/start.ts); tests build
+ * one directly.
+ *
+ * @example
+ * const kms = await Kms.create({ settings, store, masterKey, staticKey, authenticator, logger });
+ * const { url } = await kms.listen("127.0.0.1", 0);
+ */
+export class Kms {
+  private server?: http.Server;
+  private purgeTimer?: NodeJS.Timeout;
+
+  private constructor(
+    readonly core: KmsCore,
+    private readonly options: KmsOptions,
+    readonly registry: Registry,
+  ) {}
+
+  static async create(options: KmsOptions): Promise<Kms> {
+    await options.store.migrate();
+    const barrier = await Barrier.open(options.store, options.masterKey);
+    const registry = new Registry();
+    const requests = new Counter({
+      name: "keyward_kms_requests_total",
+      help: "KMS requests by operation, status and reply form",
+      labelNames: ["op", "status", "form"],
+      registers: [registry],
+    });
+    collectDefaultMetrics({ register: registry });
+    const core = new KmsCore(
+      {
+        settings: options.settings,
+        store: options.store,
+        barrier,
+        staticKey: options.staticKey,
+        authenticator: options.authenticator,
+        logger: options.logger,
+        now: options.now ?? (() => new Date()),
+      },
+      ({ op, status, form }) => requests.inc({ op, status: String(status), form }),
+    );
+    return new Kms(core, options, registry);
+  }
+
+  /** The `/.well-known/kms` document (§3). */
+  wellKnown(): unknown {
+    return { uri: kmsUri(this.options.settings.authority), jwk: this.options.staticKey.publicJwk, protocol: PROTOCOL_NAME };
+  }
+
+  /** The Node request listener of the HTTP binding. */
+  httpListener(): http.RequestListener {
+    const { settings, store } = this.options;
+    return createHttpHandler({
+      handle: (m) => this.core.handle(m),
+      wellKnown: () => this.wellKnown(),
+      ready: () => store.ping(),
+      metrics: async () => ({ contentType: this.registry.contentType, body: await this.registry.metrics() }),
+      maxMessageBytes: settings.maxMessageBytes,
+      maxBatchMessages: settings.maxBatchMessages,
+      maxInFlight: settings.maxInFlight ?? 4096,
+    });
+  }
+
+  async listen(host: string, port: number): Promise<{ url: string; port: number }> {
+    const server = http.createServer({ keepAliveTimeout: 65_000 }, this.httpListener());
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => resolve());
+    });
+    this.purgeTimer = setInterval(() => void this.purgeExpiredChannels(), 10 * 60 * 1000);
+    this.purgeTimer.unref();
+    const address = server.address() as AddressInfo;
+    const h = address.family === "IPv6" ? `[${address.address}]` : address.address;
+    return { url: `http://${h}:${address.port}`, port: address.port };
+  }
+
+  async purgeExpiredChannels(): Promise<number> {
+    const now = (this.options.now ?? (() => new Date()))();
+    return this.options.store.purgeChannels(new Date(now.getTime() - EXPIRED_CHANNEL_RETENTION_MS));
+  }
+
+  /** Stops accepting connections, lets in-flight requests finish, closes the store. */
+  async close(): Promise<void> {
+    if (this.purgeTimer) clearInterval(this.purgeTimer);
+    const server = this.server;
+    if (server) {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+    }
+    await this.options.store.close();
+  }
+}

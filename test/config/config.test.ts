@@ -1,0 +1,515 @@
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import {
+  CONFIG_KEYS,
+  ConfigError,
+  configReferenceMarkdown,
+  configSchema,
+  envNameOf,
+  loadConfig,
+  parseListen,
+  resolveConfig,
+  writeConfigFile,
+  type ConfigKey,
+} from "../../src/config/config.js";
+
+const BASE = {
+  authority: "kms.example.com",
+  oauthIssuer: "https://idp.example.com",
+  oauthJwksUri: "https://idp.example.com/.well-known/jwks.json",
+};
+
+let dir: string;
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "keyward-config-"));
+});
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function writeRaw(values: unknown): void {
+  writeFileSync(join(dir, "config.json"), JSON.stringify(values));
+}
+
+/** Runs `fn`, expecting a ConfigError, and returns it. */
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return e as ConfigError;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("loadConfig defaults", () => {
+  it("applies every default", () => {
+    writeRaw(BASE);
+    const c = loadConfig(dir, {});
+    expect(c).toEqual({
+      dataDir: dir,
+      listen: "127.0.0.1:8484",
+      listenHost: "127.0.0.1",
+      listenPort: 8484,
+      authority: "kms.example.com",
+      domain: "kms.example.com",
+      oauthIssuer: BASE.oauthIssuer,
+      oauthJwksUri: BASE.oauthJwksUri,
+      oauthAudience: "kms://kms.example.com",
+      oauthEntityClaim: "email",
+      oauthLeeway: 30,
+      policy: 1,
+      storeUrl: `sqlite:${join(dir, "keyward.db")}`,
+      store: { kind: "sqlite", path: join(dir, "keyward.db") },
+      ephemeralKeyLifetime: 3600,
+      gmbcReaders: "members",
+      maxMessageBytes: 1048576,
+      maxBatchMessages: 50,
+      maxBlocksPerAppend: 100,
+      maxOperationsPerBlock: 10000,
+      clockSkew: 300,
+      logLevel: "info",
+      masterKeyFile: join(dir, "master.key"),
+      staticKeyFile: join(dir, "static-key.json"),
+    });
+  });
+
+  it("derives domain (host only, lower-cased) and audience from the authority", () => {
+    writeRaw({ ...BASE, authority: "KMS.Example.COM:8443" });
+    const c = loadConfig(dir, {});
+    expect(c.domain).toBe("kms.example.com");
+    expect(c.oauthAudience).toBe("kms://KMS.Example.COM:8443");
+  });
+
+  it("resolves a relative data dir to an absolute one", () => {
+    writeRaw(BASE);
+    const c = loadConfig(join(dir, "sub", ".."), {});
+    expect(c.dataDir).toBe(dir);
+  });
+
+  it("uses process.env when no env is given", () => {
+    writeRaw(BASE);
+    const saved = process.env.KEYWARD_OAUTH_ENTITY_CLAIM;
+    process.env.KEYWARD_OAUTH_ENTITY_CLAIM = "sub";
+    try {
+      expect(loadConfig(dir).oauthEntityClaim).toBe("sub");
+    } finally {
+      if (saved === undefined) delete process.env.KEYWARD_OAUTH_ENTITY_CLAIM;
+      else process.env.KEYWARD_OAUTH_ENTITY_CLAIM = saved;
+    }
+  });
+
+  it("the schema alone applies static defaults", () => {
+    const v = configSchema.parse(BASE);
+    expect(v.listen).toBe("127.0.0.1:8484");
+    expect(v.policy).toBe(1);
+    expect(v.oauthAudience).toBeUndefined();
+  });
+});
+
+describe("file values", () => {
+  it("are taken from config.json", () => {
+    writeRaw({
+      ...BASE,
+      listen: "0.0.0.0:9000",
+      publicUrl: "https://kms.example.com/",
+      domain: "Example.COM",
+      oauthAudience: "urn:keyward",
+      oauthIntrospectionUrl: "https://idp.example.com/introspect",
+      oauthClientId: "kms",
+      oauthClientSecret: "s3cret",
+      policy: 3,
+      gmbcReaders: "members-and-former",
+      workers: 4,
+      logLevel: "debug",
+      devIdp: {},
+    });
+    const c = loadConfig(dir, {});
+    expect(c.listenHost).toBe("0.0.0.0");
+    expect(c.listenPort).toBe(9000);
+    expect(c.publicUrl).toBe("https://kms.example.com");
+    expect(c.domain).toBe("example.com");
+    expect(c.oauthAudience).toBe("urn:keyward");
+    expect(c.oauthIntrospectionUrl).toBe("https://idp.example.com/introspect");
+    expect(c.oauthClientId).toBe("kms");
+    expect(c.oauthClientSecret).toBe("s3cret");
+    expect(c.policy).toBe(3);
+    expect(c.gmbcReaders).toBe("members-and-former");
+    expect(c.workers).toBe(4);
+    expect(c.logLevel).toBe("debug");
+    expect(c.devIdp).toEqual({ listen: "127.0.0.1:8485", listenHost: "127.0.0.1", listenPort: 8485 });
+  });
+});
+
+describe("environment overrides", () => {
+  const cases: [ConfigKey | "devIdp", string, string, (c: ReturnType<typeof loadConfig>) => unknown, unknown][] = [
+    ["listen", "KEYWARD_LISTEN", "10.0.0.1:80", (c) => [c.listen, c.listenHost, c.listenPort], ["10.0.0.1:80", "10.0.0.1", 80]],
+    ["authority", "KEYWARD_AUTHORITY", "kms.other.org", (c) => [c.authority, c.domain, c.oauthAudience], ["kms.other.org", "kms.other.org", "kms://kms.other.org"]],
+    ["publicUrl", "KEYWARD_PUBLIC_URL", "http://localhost:8080", (c) => c.publicUrl, "http://localhost:8080"],
+    ["domain", "KEYWARD_DOMAIN", "Other.Org", (c) => c.domain, "other.org"],
+    ["oauthIssuer", "KEYWARD_OAUTH_ISSUER", "https://issuer.test/realm", (c) => c.oauthIssuer, "https://issuer.test/realm"],
+    ["oauthJwksUri", "KEYWARD_OAUTH_JWKS_URI", "https://issuer.test/keys", (c) => c.oauthJwksUri, "https://issuer.test/keys"],
+    ["oauthAudience", "KEYWARD_OAUTH_AUDIENCE", "aud-1", (c) => c.oauthAudience, "aud-1"],
+    ["oauthEntityClaim", "KEYWARD_OAUTH_ENTITY_CLAIM", "preferred_username", (c) => c.oauthEntityClaim, "preferred_username"],
+    ["oauthIntrospectionUrl", "KEYWARD_OAUTH_INTROSPECTION_URL", "https://issuer.test/introspect", (c) => c.oauthIntrospectionUrl, "https://issuer.test/introspect"],
+    ["oauthClientId", "KEYWARD_OAUTH_CLIENT_ID", "client", (c) => c.oauthClientId, "client"],
+    ["oauthClientSecret", "KEYWARD_OAUTH_CLIENT_SECRET", "secret", (c) => c.oauthClientSecret, "secret"],
+    ["oauthLeeway", "KEYWARD_OAUTH_LEEWAY", "0", (c) => c.oauthLeeway, 0],
+    ["policy", "KEYWARD_POLICY", "2", (c) => c.policy, 2],
+    ["storeUrl", "KEYWARD_STORE_URL", "postgres://u:p@db:5432/keyward", (c) => [c.storeUrl, c.store], ["postgres://u:p@db:5432/keyward", { kind: "postgres", url: "postgres://u:p@db:5432/keyward" }]],
+    ["ephemeralKeyLifetime", "KEYWARD_EPHEMERAL_KEY_LIFETIME", "60", (c) => c.ephemeralKeyLifetime, 60],
+    ["gmbcReaders", "KEYWARD_GMBC_READERS", "members-and-former", (c) => c.gmbcReaders, "members-and-former"],
+    ["trustRoots", "KEYWARD_TRUST_ROOTS", "roots.pem", (c) => c.trustRoots, "<dir>/roots.pem"],
+    ["maxMessageBytes", "KEYWARD_MAX_MESSAGE_BYTES", "2048", (c) => c.maxMessageBytes, 2048],
+    ["maxBatchMessages", "KEYWARD_MAX_BATCH_MESSAGES", "5", (c) => c.maxBatchMessages, 5],
+    ["maxBlocksPerAppend", "KEYWARD_MAX_BLOCKS_PER_APPEND", "7", (c) => c.maxBlocksPerAppend, 7],
+    ["maxOperationsPerBlock", "KEYWARD_MAX_OPERATIONS_PER_BLOCK", "9", (c) => c.maxOperationsPerBlock, 9],
+    ["clockSkew", "KEYWARD_CLOCK_SKEW", "0", (c) => c.clockSkew, 0],
+    ["workers", "KEYWARD_WORKERS", "8", (c) => c.workers, 8],
+    ["logLevel", "KEYWARD_LOG_LEVEL", "trace", (c) => c.logLevel, "trace"],
+    ["masterKeyFile", "KEYWARD_MASTER_KEY_FILE", "/etc/keyward/master.key", (c) => c.masterKeyFile, "/etc/keyward/master.key"],
+    ["staticKeyFile", "KEYWARD_STATIC_KEY_FILE", "keys/static.json", (c) => c.staticKeyFile, "<dir>/keys/static.json"],
+    ["devIdp", "KEYWARD_DEV_IDP_LISTEN", "[::1]:9999", (c) => c.devIdp, { listen: "[::1]:9999", listenHost: "::1", listenPort: 9999 }],
+  ];
+
+  it("covers every key", () => {
+    expect(new Set(cases.map((c) => c[0]))).toEqual(new Set(Object.keys(CONFIG_KEYS)));
+  });
+
+  it.each(cases)("%s is overridden by %s", (key, env, raw, get, expected) => {
+    writeRaw(BASE);
+    expect(envNameOf(key)).toBe(env);
+    const c = loadConfig(dir, { [env]: raw });
+    const want = JSON.parse(JSON.stringify(expected).replaceAll("<dir>", dir)) as unknown;
+    expect(get(c)).toEqual(want);
+  });
+
+  it("the environment wins over the file", () => {
+    writeRaw({ ...BASE, listen: "127.0.0.1:1", policy: 3, devIdp: { listen: "127.0.0.1:2" } });
+    const c = loadConfig(dir, { KEYWARD_LISTEN: "127.0.0.1:3", KEYWARD_POLICY: "1", KEYWARD_DEV_IDP_LISTEN: "127.0.0.1:4" });
+    expect(c.listenPort).toBe(3);
+    expect(c.policy).toBe(1);
+    expect(c.devIdp?.listenPort).toBe(4);
+  });
+
+  it("required keys can come from the environment alone", () => {
+    writeRaw({});
+    const c = loadConfig(dir, {
+      KEYWARD_AUTHORITY: BASE.authority,
+      KEYWARD_OAUTH_ISSUER: BASE.oauthIssuer,
+      KEYWARD_OAUTH_JWKS_URI: BASE.oauthJwksUri,
+    });
+    expect(c.authority).toBe(BASE.authority);
+  });
+
+  it("an empty variable counts as unset", () => {
+    writeRaw({ ...BASE, policy: 2 });
+    expect(loadConfig(dir, { KEYWARD_POLICY: "", KEYWARD_WORKERS: "" }).policy).toBe(2);
+  });
+
+  it("exposes KEYWARD_MASTER_KEY as masterKeyFromEnv", () => {
+    writeRaw(BASE);
+    expect(loadConfig(dir, { KEYWARD_MASTER_KEY: "bWFzdGVy" }).masterKeyFromEnv).toBe("bWFzdGVy");
+    expect(loadConfig(dir, {}).masterKeyFromEnv).toBeUndefined();
+  });
+});
+
+describe("bad values", () => {
+  it.each([
+    ["12abc"],
+    ["1.5"],
+    ["0x10"],
+    [" 5"],
+    ["+5"],
+    ["1e3"],
+    ["99999999999999999999"],
+  ])("integers from the environment are parsed strictly: %j", (raw) => {
+    writeRaw(BASE);
+    const e = configError(() => loadConfig(dir, { KEYWARD_MAX_BATCH_MESSAGES: raw }));
+    expect(e.key).toBe("KEYWARD_MAX_BATCH_MESSAGES");
+    expect(e.message).toBe(`config: KEYWARD_MAX_BATCH_MESSAGES: must be an integer (got ${JSON.stringify(raw)})`);
+  });
+
+  it.each([
+    ["oauthLeeway", 301, "KEYWARD_OAUTH_LEEWAY", "-1", /between 0 and 300/],
+    ["ephemeralKeyLifetime", 0, "KEYWARD_EPHEMERAL_KEY_LIFETIME", "0", /at least 1/],
+    ["maxMessageBytes", 0, "KEYWARD_MAX_MESSAGE_BYTES", "0", /at least 1/],
+    ["maxBatchMessages", 2.5, "KEYWARD_MAX_BATCH_MESSAGES", "0", /./],
+    ["maxBlocksPerAppend", "100", "KEYWARD_MAX_BLOCKS_PER_APPEND", "-3", /./],
+    ["maxOperationsPerBlock", -1, "KEYWARD_MAX_OPERATIONS_PER_BLOCK", "0", /at least 1/],
+    ["clockSkew", -1, "KEYWARD_CLOCK_SKEW", "-1", /at least 0/],
+    ["workers", 0, "KEYWARD_WORKERS", "0", /at least 1/],
+    ["logLevel", "loud", "KEYWARD_LOG_LEVEL", "verbose", /must be one of/],
+    ["gmbcReaders", "everyone", "KEYWARD_GMBC_READERS", "all", /members-and-former/],
+    ["authority", "kms://kms.example.com", "KEYWARD_AUTHORITY", "under_score.example.com", /DNS host name/],
+    ["publicUrl", "https://kms.example.com/path", "KEYWARD_PUBLIC_URL", "ftp://kms.example.com", /origin/],
+    ["domain", "example.com:443", "KEYWARD_DOMAIN", "-bad.example", /domain/],
+    ["oauthIssuer", "not a url", "KEYWARD_OAUTH_ISSUER", "ftp://idp", /URL/],
+    ["oauthJwksUri", 42, "KEYWARD_OAUTH_JWKS_URI", "jwks.json", /./],
+    ["oauthIntrospectionUrl", "nope", "KEYWARD_OAUTH_INTROSPECTION_URL", "nope", /URL/],
+    ["storeUrl", "mysql://db/keyward", "KEYWARD_STORE_URL", "sqlite://host/db", /sqlite/],
+    ["listen", "8484", "KEYWARD_LISTEN", "localhost:65536", /./],
+  ] as const)("%s: file and environment variants name the key", (key, fileValue, env, envValue, reason) => {
+    writeRaw({ ...BASE, [key]: fileValue });
+    const fromFile = configError(() => loadConfig(dir, {}));
+    expect(fromFile.key).toBe(key);
+    expect(fromFile.message).toMatch(new RegExp(`^config\\.json: '${key}': `));
+    expect(fromFile.message).toMatch(reason);
+
+    writeRaw(BASE);
+    const fromEnv = configError(() => loadConfig(dir, { [env]: envValue }));
+    expect(fromEnv.key).toBe(env);
+    expect(fromEnv.message).toMatch(new RegExp(`^config: ${env}: `));
+  });
+
+  it("formats messages as documented", () => {
+    writeRaw({ ...BASE, listen: "nonsense" });
+    expect(configError(() => loadConfig(dir, {})).message).toBe(`config.json: 'listen': expected host:port (got "nonsense")`);
+    writeRaw(BASE);
+    expect(configError(() => loadConfig(dir, { KEYWARD_POLICY: "7" })).message).toBe(`config: KEYWARD_POLICY: must be 1, 2 or 3 (got "7")`);
+  });
+
+  it("never echoes secrets", () => {
+    writeRaw({ ...BASE, oauthClientSecret: "" });
+    const e = configError(() => loadConfig(dir, {}));
+    expect(e.key).toBe("oauthClientSecret");
+    expect(e.message).not.toContain("got");
+    writeRaw(BASE);
+    const e2 = configError(() => loadConfig(dir, { KEYWARD_STORE_URL: "mysql://root:hunter2@db/x" }));
+    expect(e2.key).toBe("KEYWARD_STORE_URL");
+    expect(e2.message).not.toContain("hunter2");
+  });
+
+  it.each(["authority", "oauthIssuer", "oauthJwksUri"] as const)("missing required key %s", (key) => {
+    const values: Record<string, string> = { ...BASE };
+    delete values[key];
+    writeRaw(values);
+    const e = configError(() => loadConfig(dir, {}));
+    expect(e.key).toBe(key);
+    expect(e.message).toContain("is required");
+    expect(e.message).toContain(envNameOf(key));
+  });
+
+  it("rejects a devIdp that is not an object, and bad devIdp.listen", () => {
+    writeRaw({ ...BASE, devIdp: "127.0.0.1:8485" });
+    expect(configError(() => loadConfig(dir, {})).key).toBe("devIdp");
+    writeRaw({ ...BASE, devIdp: { listen: "x" } });
+    expect(configError(() => loadConfig(dir, {})).key).toBe("devIdp.listen");
+    writeRaw({ ...BASE, devIdp: { port: 1 } });
+    const e = configError(() => loadConfig(dir, {}));
+    expect(e.key).toBe("devIdp.port");
+    expect(e.message).toContain("unknown key");
+    writeRaw(BASE);
+    expect(configError(() => loadConfig(dir, { KEYWARD_DEV_IDP_LISTEN: "x" })).key).toBe("KEYWARD_DEV_IDP_LISTEN");
+  });
+});
+
+describe("policy", () => {
+  it.each([
+    ["1", 1],
+    ["2", 2],
+    ["3", 3],
+  ] as const)("env %j → %d", (raw, policy) => {
+    writeRaw(BASE);
+    expect(loadConfig(dir, { KEYWARD_POLICY: raw }).policy).toBe(policy);
+  });
+
+  it.each(["0", "4", "7", "01", "1.0", "one", " 1", "-1"])("env %j is an error", (raw) => {
+    writeRaw(BASE);
+    const e = configError(() => loadConfig(dir, { KEYWARD_POLICY: raw }));
+    expect(e.key).toBe("KEYWARD_POLICY");
+    expect(e.message).toBe(`config: KEYWARD_POLICY: must be 1, 2 or 3 (got ${JSON.stringify(raw)})`);
+  });
+
+  it.each([1, 2, 3])("file %d", (policy) => {
+    writeRaw({ ...BASE, policy });
+    expect(loadConfig(dir, {}).policy).toBe(policy);
+  });
+
+  it.each([0, 4, "2", 1.5, null])("file %j is an error", (policy) => {
+    writeRaw({ ...BASE, policy });
+    const e = configError(() => loadConfig(dir, {}));
+    expect(e.key).toBe("policy");
+    expect(e.message).toMatch(/^config\.json: 'policy': must be 1, 2 or 3/);
+  });
+});
+
+describe("listen", () => {
+  it.each([
+    ["127.0.0.1:8484", "127.0.0.1", 8484],
+    ["0.0.0.0:0", "0.0.0.0", 0],
+    ["localhost:65535", "localhost", 65535],
+    ["kms.example.com:443", "kms.example.com", 443],
+    ["[::1]:8484", "::1", 8484],
+    ["[::]:80", "::", 80],
+    ["[2001:db8::1]:443", "2001:db8::1", 443],
+  ])("parses %s", (listen, host, port) => {
+    expect(parseListen(listen)).toEqual({ host, port });
+    writeRaw({ ...BASE, listen });
+    const c = loadConfig(dir, {});
+    expect([c.listen, c.listenHost, c.listenPort]).toEqual([listen, host, port]);
+  });
+
+  it.each([
+    "8484",
+    ":8484",
+    "localhost",
+    "localhost:",
+    "localhost:65536",
+    "localhost:-1",
+    "localhost:80x",
+    "::1:8484",
+    "[::1]8484",
+    "[::1]:",
+    "[127.0.0.1]:80",
+    "[zz::1]:80",
+    "bad_host:80",
+    "",
+  ])("rejects %j", (listen) => {
+    expect(() => parseListen(listen)).toThrow();
+    writeRaw({ ...BASE, listen });
+    const e = configError(() => loadConfig(dir, {}));
+    expect(e.key).toBe("listen");
+  });
+
+  it("says the port is out of range", () => {
+    writeRaw(BASE);
+    expect(configError(() => loadConfig(dir, { KEYWARD_LISTEN: "[::1]:70000" })).message).toContain("between 0 and 65535");
+  });
+});
+
+describe("config.json handling", () => {
+  it("a missing file says the data dir is not initialised and suggests keyward init", () => {
+    const e = configError(() => loadConfig(dir, {}));
+    expect(e.key).toBe("config.json");
+    expect(e.message).toContain(join(dir, "config.json"));
+    expect(e.message).toContain("not initialised");
+    expect(e.message).toContain("keyward init");
+  });
+
+  it("a missing data dir gets the same advice", () => {
+    expect(configError(() => loadConfig(join(dir, "nope"), {})).message).toContain("keyward init");
+  });
+
+  it("unknown keys are refused, with a suggestion for typos", () => {
+    writeRaw({ ...BASE, oauthLeewy: 10 });
+    const e = configError(() => loadConfig(dir, {}));
+    expect(e.key).toBe("oauthLeewy");
+    expect(e.message).toBe(`config.json: 'oauthLeewy': unknown key (did you mean 'oauthLeeway'?)`);
+
+    writeRaw({ ...BASE, somethingElseEntirely: true });
+    const e2 = configError(() => loadConfig(dir, {}));
+    expect(e2.key).toBe("somethingElseEntirely");
+    expect(e2.message).toBe(`config.json: 'somethingElseEntirely': unknown key`);
+  });
+
+  it("derived and env-only names are unknown keys in the file", () => {
+    for (const key of ["dataDir", "listenHost", "masterKeyFromEnv", "masterKey"]) {
+      writeRaw({ ...BASE, [key]: "x" });
+      expect(configError(() => loadConfig(dir, {})).key).toBe(key);
+    }
+  });
+
+  it("invalid JSON and non-objects are refused", () => {
+    writeFileSync(join(dir, "config.json"), "{ nope");
+    expect(configError(() => loadConfig(dir, {})).message).toMatch(/not valid JSON/);
+    writeRaw([BASE]);
+    expect(configError(() => loadConfig(dir, {})).message).toMatch(/JSON object/);
+  });
+});
+
+describe("path resolution", () => {
+  it("resolves relative paths against the data dir and keeps absolute ones", () => {
+    writeRaw({
+      ...BASE,
+      trustRoots: "pki/roots.pem",
+      masterKeyFile: "../outside/master.key",
+      staticKeyFile: "/abs/static.json",
+      storeUrl: "sqlite:db/keyward.sqlite",
+    });
+    const c = loadConfig(dir, {});
+    expect(c.trustRoots).toBe(join(dir, "pki", "roots.pem"));
+    expect(c.masterKeyFile).toBe(join(dir, "..", "outside", "master.key"));
+    expect(c.staticKeyFile).toBe("/abs/static.json");
+    expect(c.storeUrl).toBe(`sqlite:${join(dir, "db", "keyward.sqlite")}`);
+    expect(c.store).toEqual({ kind: "sqlite", path: join(dir, "db", "keyward.sqlite") });
+  });
+
+  it.each([
+    ["sqlite:/var/lib/kw.db", { kind: "sqlite", path: "/var/lib/kw.db" }],
+    ["sqlite:///var/lib/kw.db", { kind: "sqlite", path: "/var/lib/kw.db" }],
+    ["sqlite::memory:", { kind: "sqlite", path: ":memory:" }],
+    ["postgresql://db.internal/keyward", { kind: "postgres", url: "postgresql://db.internal/keyward" }],
+  ])("store URL %s", (storeUrl, store) => {
+    writeRaw({ ...BASE, storeUrl });
+    expect(loadConfig(dir, {}).store).toEqual(store);
+  });
+
+  it.each(["sqlite:", "sqlite://host/db", "postgres:///nohost", "file:/x.db", "keyward.db"])("store URL %j is refused", (storeUrl) => {
+    writeRaw({ ...BASE, storeUrl });
+    expect(configError(() => loadConfig(dir, {})).key).toBe("storeUrl");
+  });
+});
+
+describe("writeConfigFile", () => {
+  it("writes only the given keys, pretty-printed, mode 0644, and round-trips", () => {
+    writeConfigFile(dir, { ...BASE, policy: 2, workers: undefined });
+    const file = join(dir, "config.json");
+    const text = readFileSync(file, "utf8");
+    expect(text).toBe(JSON.stringify({ ...BASE, policy: 2 }, null, 2) + "\n");
+    expect(statSync(file).mode & 0o777).toBe(0o644);
+    expect(loadConfig(dir, {}).policy).toBe(2);
+  });
+
+  it("replaces an existing file", () => {
+    writeConfigFile(dir, { ...BASE, logLevel: "warn" });
+    writeConfigFile(dir, BASE);
+    expect(JSON.parse(readFileSync(join(dir, "config.json"), "utf8"))).toEqual(BASE);
+  });
+
+  it("refuses unknown keys (so the master key can never be written) and invalid values", () => {
+    const withKey = { ...BASE, masterKeyFromEnv: "secret" } as Record<string, unknown>;
+    expect(configError(() => writeConfigFile(dir, withKey)).key).toBe("masterKeyFromEnv");
+    expect(configError(() => writeConfigFile(dir, { listen: "nope" })).key).toBe("listen");
+    expect(configError(() => writeConfigFile(dir, { devIdp: { listen: "nope" } })).key).toBe("devIdp.listen");
+    expect(() => statSync(join(dir, "config.json"))).toThrow();
+  });
+});
+
+describe("reference", () => {
+  it("envNameOf converts camelCase to KEYWARD_SCREAMING_SNAKE", () => {
+    expect(envNameOf("oauthJwksUri")).toBe("KEYWARD_OAUTH_JWKS_URI");
+    expect(envNameOf("maxOperationsPerBlock")).toBe("KEYWARD_MAX_OPERATIONS_PER_BLOCK");
+    expect(envNameOf("devIdp")).toBe("KEYWARD_DEV_IDP_LISTEN");
+    expect(envNameOf("devIdp.listen")).toBe("KEYWARD_DEV_IDP_LISTEN");
+    expect(envNameOf("someNewKey")).toBe("KEYWARD_SOME_NEW_KEY");
+  });
+
+  it("CONFIG_KEYS matches the schema and the naming rule", () => {
+    expect(Object.keys(CONFIG_KEYS).sort()).toEqual(Object.keys(configSchema.shape).sort());
+    for (const [key, info] of Object.entries(CONFIG_KEYS)) {
+      if (key !== "devIdp") expect(info.env).toBe(`KEYWARD_${key.replace(/([A-Z])/g, "_$1").toUpperCase()}`);
+    }
+  });
+
+  it("configReferenceMarkdown has one row per key plus env-only variables", () => {
+    const md = configReferenceMarkdown();
+    const lines = md.trimEnd().split("\n");
+    expect(lines[0]).toBe("| Key | Environment variable | Default | Description |");
+    expect(lines).toHaveLength(2 + Object.keys(CONFIG_KEYS).length + 1);
+    expect(md).toContain("| `listen` | `KEYWARD_LISTEN` | `127.0.0.1:8484` |");
+    expect(md).toContain("| `authority` | `KEYWARD_AUTHORITY` | *required* |");
+    expect(md).toContain("`KEYWARD_MASTER_KEY`");
+    for (const line of lines) expect(line.split(/(?<!\\)\|/)).toHaveLength(6);
+  });
+});
+
+describe("resolveConfig", () => {
+  it("builds a configuration without a file", () => {
+    const c = resolveConfig(dir, BASE, { KEYWARD_WORKERS: "2" });
+    expect(c.workers).toBe(2);
+    expect(c.staticKeyFile).toBe(join(dir, "static-key.json"));
+  });
+});
