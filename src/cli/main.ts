@@ -1,0 +1,131 @@
+import { existsSync, readFileSync } from "node:fs";
+import { resolve, join } from "node:path";
+import { Command, Option } from "commander";
+import { DEFAULT_DEV_IDP_LISTEN, loadConfig, parseListen } from "../config/config.js";
+import { devIdpIssuer, issueDevToken, startDevIdp } from "../identity/dev-idp.js";
+import { DATA_FILES, initDataDir } from "../server/data-dir.js";
+import { serveDataDir } from "../server/start.js";
+import { KmsClient } from "../client/index.js";
+
+/** The `keyward` command line. Each command is a thin shell over a library function. */
+const program = new Command("keyward").description("Keyward: a key management service for end-to-end encrypted groups").showHelpAfterError();
+
+program
+  .command("init")
+  .description("create a data directory: config, development PKI, static key, master key")
+  .requiredOption("--dir <dir>", "the data directory to create")
+  .requiredOption("--authority <host>", "the KMS authority (kms://<host>)")
+  .addOption(new Option("--key-type <type>", "static key type").choices(["ec", "rsa"]).default("ec"))
+  .option("--domain <domain>", "the domain of the users this KMS serves (default: the authority)")
+  .action(async (o: { dir: string; authority: string; keyType: "ec" | "rsa"; domain?: string }) => {
+    const dir = resolve(o.dir);
+    const { kid } = await initDataDir({ dir, authority: o.authority, keyType: o.keyType, ...(o.domain ? { domain: o.domain } : {}) });
+    console.log(`initialised ${dir} for ${kid} (${o.keyType.toUpperCase()} static key)`);
+    console.log(`  trust root for clients: ${join(dir, DATA_FILES.caCert)}`);
+    console.log(`  master key: ${process.env.KEYWARD_MASTER_KEY ? "from KEYWARD_MASTER_KEY (not written)" : join(dir, DATA_FILES.masterKey) + " (mode 0600: back it up, keep it apart from the database)"}`);
+    console.log(`  next: set oauthIssuer/oauthJwksUri in ${join(dir, DATA_FILES.config)} (or KEYWARD_OAUTH_*), then keyward serve --dir ${o.dir}`);
+  });
+
+program
+  .command("serve")
+  .description("serve the KMS of a data directory")
+  .requiredOption("--dir <dir>", "the data directory")
+  .action(async (o: { dir: string }) => {
+    const { kms, url, config } = await serveDataDir(resolve(o.dir));
+    console.log(`keyward: KMS kms://${config.authority} listening on ${url}`);
+    onSignal(() => kms.close());
+  });
+
+program
+  .command("dev")
+  .description("initialise ./.keyward-dev if absent and serve it with a development identity provider (loopback only)")
+  .option("--dir <dir>", "the development data directory", ".keyward-dev")
+  .action(async (o: { dir: string }) => {
+    const dir = resolve(o.dir);
+    if (!existsSync(join(dir, DATA_FILES.config))) {
+      const idp = parseListen(DEFAULT_DEV_IDP_LISTEN);
+      const issuer = devIdpIssuer(idp.host, idp.port);
+      await initDataDir({
+        dir,
+        authority: "localhost",
+        domain: "example.com",
+        config: { oauthIssuer: issuer, oauthJwksUri: `${issuer}/jwks`, devIdp: { listen: DEFAULT_DEV_IDP_LISTEN } },
+      });
+      console.log(`keyward dev: initialised ${dir}`);
+    }
+    const config = loadConfig(dir);
+    if (!config.devIdp) throw new Error(`${dir} has no devIdp setting: it is not a development data dir (use keyward serve)`);
+    const idp = await startDevIdp({ dataDir: dir, host: config.devIdp.listenHost, port: config.devIdp.listenPort, audience: config.oauthAudience });
+    const { kms, url } = await serveDataDir(dir);
+    const banner = [
+      "",
+      `  Keyward KMS kms://${config.authority} on ${url}  (users of ${config.domain})`,
+      `  trust root: ${join(dir, DATA_FILES.caCert)}`,
+      "",
+      `  !! DEVELOPMENT identity provider on ${idp.issuer} (loopback only)`,
+      "  !! It issues access tokens for ANY user without a login. Never use it in production.",
+      `  a token:  npx keyward token alice@${config.domain}`,
+      `  a ping:   npx keyward ping --user alice@${config.domain}`,
+      "",
+    ];
+    console.log(banner.join("\n"));
+    onSignal(async () => {
+      await kms.close();
+      await idp.close();
+    });
+  });
+
+program
+  .command("token")
+  .description("print a development access token for USER (from the dev identity provider of `keyward dev`)")
+  .argument("<user>", "user@domain")
+  .option("--dir <dir>", "the development data directory", ".keyward-dev")
+  .option("--lifetime <seconds>", "token lifetime", "3600")
+  .action(async (user: string, o: { dir: string; lifetime: string }) => {
+    const config = loadConfig(resolve(o.dir));
+    if (!config.devIdp) throw new Error("tokens come from your identity provider; only a `keyward dev` data dir issues its own");
+    console.log(await issueDevToken({ dataDir: config.dataDir, issuer: config.oauthIssuer, audience: config.oauthAudience, user, lifetimeSeconds: Number(o.lifetime) }));
+  });
+
+program
+  .command("ping")
+  .description("open a secure channel to a KMS with the SDK and ping it")
+  .requiredOption("--user <user>", "user@domain")
+  .option("--dir <dir>", "a `keyward dev` data dir (gives the URL, trust root and a token)", ".keyward-dev")
+  .option("--url <url>", "the KMS HTTP origin")
+  .option("--ca <pem>", "trust root PEM file")
+  .option("--token <token>", "access token (default: KEYWARD_TOKEN, or a dev token)")
+  .action(async (o: { user: string; dir: string; url?: string; ca?: string; token?: string }) => {
+    const dir = resolve(o.dir);
+    const config = existsSync(join(dir, DATA_FILES.config)) ? loadConfig(dir) : undefined;
+    const url = o.url ?? (config ? `http://${config.listenHost}:${config.listenPort}` : undefined);
+    const ca = o.ca ?? (config ? join(dir, DATA_FILES.caCert) : undefined);
+    if (!url || !ca) throw new Error("give --url and --ca (or run it next to a `keyward dev` data dir)");
+    let token = o.token ?? process.env.KEYWARD_TOKEN;
+    if (!token && config?.devIdp) {
+      token = await issueDevToken({ dataDir: dir, issuer: config.oauthIssuer, audience: config.oauthAudience, user: o.user });
+    }
+    if (!token) throw new Error("give --token or KEYWARD_TOKEN");
+    const client = new KmsClient({ url, user: o.user, token, trustRoots: [readFileSync(ca, "utf8")] });
+    const started = performance.now();
+    await client.ping();
+    const channel = client.channel!;
+    console.log(`ping ok: channel ${channel.uri} for ${channel.userId}, expires ${channel.expiresAt.toISOString()} (${(performance.now() - started).toFixed(1)} ms with ECDHE)`);
+    await client.close();
+  });
+
+function onSignal(stop: () => Promise<void>): void {
+  const handler = () => {
+    stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once("SIGINT", handler);
+  process.once("SIGTERM", handler);
+}
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  console.error(`keyward: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(1);
+});

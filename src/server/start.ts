@@ -1,0 +1,52 @@
+import { loadConfig, type KeywardConfig } from "../config/config.js";
+import { BearerJwtValidator } from "../identity/bearer-jwt.js";
+import { CredentialAuthenticator } from "../identity/credential-authenticator.js";
+import { CHANNEL_MESSAGE_LIMIT } from "../protocol/constants.js";
+import { openStore } from "../store/open-store.js";
+import { createLogger } from "./logger.js";
+import { loadMasterKey, loadStaticKey } from "./data-dir.js";
+import { Kms } from "./kms.js";
+
+/**
+ * Builds a KMS from a resolved configuration: master key, static key, store, token validation.
+ *
+ * @example
+ * const kms = await kmsFromConfig(loadConfig("/var/lib/keyward"));
+ * await kms.listen("127.0.0.1", 8484);
+ */
+export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?: ReturnType<typeof createLogger> } = {}): Promise<Kms> {
+  const logger = overrides.logger ?? createLogger(config.logLevel);
+  const masterKey = loadMasterKey(config);
+  const staticKey = await loadStaticKey(config, masterKey);
+  const store = await openStore(config.store);
+  const bearer = new BearerJwtValidator({
+    issuer: config.oauthIssuer,
+    audience: config.oauthAudience,
+    jwksUri: config.oauthJwksUri,
+    entityClaim: config.oauthEntityClaim,
+    leewaySeconds: config.oauthLeeway,
+  });
+  return Kms.create({
+    settings: {
+      authority: config.authority,
+      ephemeralKeyLifetimeSeconds: config.ephemeralKeyLifetime,
+      clockSkewSeconds: config.clockSkew,
+      channelMessageLimit: CHANNEL_MESSAGE_LIMIT,
+      maxMessageBytes: config.maxMessageBytes,
+      maxBatchMessages: config.maxBatchMessages,
+    },
+    store,
+    masterKey,
+    staticKey,
+    authenticator: new CredentialAuthenticator(bearer),
+    logger,
+  });
+}
+
+/** `keyward serve --dir DIR`: load, build, listen. */
+export async function serveDataDir(dataDir: string, env: NodeJS.ProcessEnv = process.env): Promise<{ kms: Kms; url: string; config: KeywardConfig }> {
+  const config = loadConfig(dataDir, env);
+  const kms = await kmsFromConfig(config);
+  const { url } = await kms.listen(config.listenHost, config.listenPort);
+  return { kms, url, config };
+}
