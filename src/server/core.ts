@@ -21,6 +21,8 @@ export interface RequestOutcome {
   readonly op: string;
   readonly status: number;
   readonly form: "jws" | "jwe";
+  /** The refusal's reason (never contains request data beyond field names). */
+  readonly reason?: string;
 }
 
 /**
@@ -123,7 +125,7 @@ export class KmsCore {
       }
     } catch (e) {
       if (!(e instanceof ChannelReply)) throw e;
-      this.observe({ op, status: e.error.status, form: "jwe" });
+      this.observe({ op, status: e.error.status, form: "jwe", reason: e.error.reason });
       const body = { status: e.error.status, reason: e.error.reason, ...(e.requestId !== undefined ? { requestId: e.requestId } : {}) };
       return encryptCommonMessage(key, channel.uri, body);
     }
@@ -153,7 +155,7 @@ export class KmsCore {
 
   private async jwsError(e: unknown, requestId: RequestId | undefined, op: string): Promise<string> {
     const error = e instanceof KmsError ? e : this.internal(e, op);
-    this.observe({ op, status: error.status, form: "jws" });
+    this.observe({ op, status: error.status, form: "jws", reason: error.reason });
     return this.services.staticKey.sign({
       status: error.status,
       reason: error.reason,

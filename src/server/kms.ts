@@ -69,7 +69,12 @@ export class Kms {
         logger: options.logger,
         now: options.now ?? (() => new Date()),
       },
-      ({ op, status, form }) => requests.inc({ op, status: String(status), form }),
+      ({ op, status, form, reason }) => {
+        requests.inc({ op, status: String(status), form });
+        // One line per refusal, so an operator can see why a client was turned away (never payloads).
+        if (status >= 400) options.logger.info({ op, status, form, reason }, "request refused");
+        else options.logger.debug({ op, status }, "request served");
+      },
     );
     return new Kms(core, options, registry);
   }

@@ -1,0 +1,92 @@
+import type { PostClient, SimpleResponse } from "./raw-http.js";
+import { latencyStats, type LatencyStats } from "./stats.js";
+
+export interface PhaseOptions {
+  readonly client: PostClient;
+  /** Requests in flight (one per connection). */
+  readonly concurrency: number;
+  readonly warmupMs: number;
+  readonly measureMs: number;
+  /** The next request body, or undefined when the pre-built supply is exhausted (ends the phase). */
+  next(worker: number): string | undefined;
+  /** Checks a response; returns an error description, or undefined when it is the expected reply. */
+  check(response: SimpleResponse, body: string, worker: number): string | undefined;
+}
+
+export interface PhaseResult {
+  /** Successful replies completed inside the measured window, per second. */
+  readonly throughput: number;
+  readonly latency: LatencyStats;
+  /** Length of the measured window (shorter than asked if the request supply ran out). */
+  readonly measuredMs: number;
+  readonly completed: number;
+  readonly errors: number;
+  readonly firstError?: string;
+  readonly exhausted: boolean;
+}
+
+/**
+ * A closed loop: `concurrency` workers, each sends one request, waits for its reply, sends the
+ * next. Replies completing in [warm-up end, warm-up end + measure] are counted and their
+ * latencies recorded (Float64Array, milliseconds); the throughput is that count over the window.
+ */
+export async function runPhase(o: PhaseOptions): Promise<PhaseResult> {
+  const latencies = new Float64Array(4_000_000);
+  const completions = new Float64Array(latencies.length);
+  let n = 0;
+  let errors = 0;
+  let firstError: string | undefined;
+  let exhaustedAt = Infinity;
+  const start = performance.now();
+  const measureFrom = start + o.warmupMs;
+  const measureTo = measureFrom + o.measureMs;
+
+  const worker = async (w: number): Promise<void> => {
+    for (;;) {
+      const t0 = performance.now();
+      if (t0 >= measureTo || t0 >= exhaustedAt) return;
+      const body = o.next(w);
+      if (body === undefined) {
+        exhaustedAt = Math.min(exhaustedAt, t0);
+        return;
+      }
+      let problem: string | undefined;
+      try {
+        const res = await o.client.post(w, body);
+        problem = o.check(res, body, w);
+      } catch (e) {
+        problem = e instanceof Error ? e.message : String(e);
+      }
+      const t1 = performance.now();
+      if (t1 < measureFrom || t1 > measureTo) continue;
+      if (problem !== undefined) {
+        errors++;
+        firstError ??= problem;
+        continue;
+      }
+      if (n < latencies.length) {
+        completions[n] = t1;
+        latencies[n++] = t1 - t0;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: o.concurrency }, (_, w) => worker(w)));
+  const windowEnd = Math.min(measureTo, exhaustedAt);
+  const measuredMs = Math.max(0, windowEnd - measureFrom);
+  // Replies counted only up to the end of the window actually measured (the supply may have run
+  // out while some requests were still in flight).
+  let kept = 0;
+  for (let i = 0; i < n; i++) {
+    if (completions[i]! <= windowEnd) latencies[kept++] = latencies[i]!;
+  }
+  n = kept;
+  return {
+    throughput: measuredMs > 0 ? n / (measuredMs / 1000) : 0,
+    latency: latencyStats(latencies.subarray(0, n)),
+    measuredMs,
+    completed: n,
+    errors,
+    ...(firstError !== undefined ? { firstError } : {}),
+    exhausted: exhaustedAt !== Infinity,
+  };
+}
