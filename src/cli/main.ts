@@ -43,13 +43,15 @@ program
   .action(async (o: { dir: string }) => {
     const dir = resolve(o.dir);
     if (!existsSync(join(dir, DATA_FILES.config))) {
-      const idp = parseListen(DEFAULT_DEV_IDP_LISTEN);
+      // The issuer the KMS trusts must be where the dev IdP really listens (KEYWARD_DEV_IDP_LISTEN included).
+      const listen = process.env.KEYWARD_DEV_IDP_LISTEN || DEFAULT_DEV_IDP_LISTEN;
+      const idp = parseListen(listen);
       const issuer = devIdpIssuer(idp.host, idp.port);
       await initDataDir({
         dir,
         authority: "localhost",
         domain: "example.com",
-        config: { oauthIssuer: issuer, oauthJwksUri: `${issuer}/jwks`, devIdp: { listen: DEFAULT_DEV_IDP_LISTEN } },
+        config: { oauthIssuer: issuer, oauthJwksUri: `${issuer}/jwks`, devIdp: { listen } },
       });
       console.log(`keyward dev: initialised ${dir}`);
     }

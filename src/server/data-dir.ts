@@ -1,6 +1,6 @@
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { writeConfigFile, type ConfigFileValues, type KeywardConfig } from "../config/config.js";
+import { resolveConfig, writeConfigFile, type ConfigFileValues, type KeywardConfig } from "../config/config.js";
 import { createDevCa, generateStaticKeyPair, issueKmsCertificate, toX5c } from "../pki/dev-ca.js";
 import { kmsUri } from "../protocol/uri.js";
 import { generateMasterKey, parseMasterKey, SealingKey } from "./barrier/master-key.js";
@@ -50,6 +50,9 @@ export async function initDataDir(opts: InitOptions): Promise<{ caPem: string; k
   if (existsSync(opts.dir) && readdirSync(opts.dir).length > 0) {
     throw new Error(`refusing to initialise ${opts.dir}: it already exists and is not empty (a data dir holds keys; nothing was changed)`);
   }
+  const configValues = { authority: opts.authority, ...(opts.domain ? { domain: opts.domain.toLowerCase() } : {}), ...opts.config };
+  // Validate everything before the first file is written: a bad --authority leaves nothing behind.
+  resolveConfig(opts.dir, { oauthIssuer: "https://placeholder.invalid", oauthJwksUri: "https://placeholder.invalid/jwks", ...configValues }, {});
   mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
   chmodSync(opts.dir, 0o700);
 
@@ -83,11 +86,7 @@ export async function initDataDir(opts: InitOptions): Promise<{ caPem: string; k
     created: new Date().toISOString(),
   };
   writeSecret(join(opts.dir, DATA_FILES.staticKey), JSON.stringify(file, null, 2) + "\n");
-  writeConfigFile(opts.dir, {
-    authority: opts.authority,
-    ...(opts.domain ? { domain } : {}),
-    ...opts.config,
-  });
+  writeConfigFile(opts.dir, configValues);
   return { caPem: ca.certPem, kid };
 }
 
