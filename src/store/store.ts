@@ -29,6 +29,73 @@ export interface Store {
   recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome>;
   /** Removes channels that expired before `before` (with their replay records); returns how many. */
   purgeChannels(before: Date): Promise<number>;
+
+  // ── Entity key directory (§7) ──────────────────────────────────────────────────────────────
+  /** Registers a device key; false (nothing stored) when the entity already has a key with that kid. */
+  registerEntityKey(key: EntityKeyRecord): Promise<boolean>;
+  /** An entity's keys, oldest first; revoked ones only when asked. */
+  listEntityKeys(entity: string, opts?: { includeRevoked?: boolean }): Promise<EntityKeyRecord[]>;
+  /** Marks a key revoked; false when the entity has no such active key. */
+  revokeEntityKey(entity: string, kid: string, at: Date): Promise<boolean>;
+
+  // ── Group Membership Block Chains (§8) ─────────────────────────────────────────────────────
+  /** Stores a new chain with its genesis block (position 0) and opens the genesis members' intervals. */
+  createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]): Promise<void>;
+  /**
+   * Appends blocks if, and only if, the chain's tail is still `expectedTail`: the tail check, the
+   * inserts and the membership index update are one atomic step, so the chain never forks.
+   * `changes` are the membership operations of the new blocks, in order, with their positions.
+   */
+  appendBlocks(chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[]): Promise<"appended" | "conflict" | "unknown">;
+  getChain(uri: string): Promise<ChainRecord | undefined>;
+  /** Blocks of a chain in order, those after `afterPosition` (default: all). */
+  getBlocks(chainUri: string, afterPosition?: number): Promise<BlockRecord[]>;
+  /** Where a block (by hash) is, in any chain of this KMS. */
+  findBlock(hash: string): Promise<{ chainUri: string; position: number } | undefined>;
+  /** Membership index: was `entity` a member once the block at `position` was applied? */
+  isMemberAt(chainUri: string, entity: string, position: number): Promise<boolean>;
+  /** Membership index: was `entity` ever a member of the chain? */
+  wasEverMember(chainUri: string, entity: string): Promise<boolean>;
+}
+
+export interface EntityKeyRecord {
+  /** `user@domain`, domain lower case. */
+  readonly entity: string;
+  readonly kid: string;
+  /** The public JWK as registered (public members only). */
+  readonly jwk: Readonly<Record<string, unknown>>;
+  readonly created: Date;
+  readonly revoked?: Date;
+}
+
+export interface NewBlock {
+  readonly position: number;
+  /** Lower-case hex SHA-256 of `jws`. */
+  readonly hash: string;
+  readonly jws: string;
+  readonly creator: string;
+  readonly created: Date;
+}
+
+export interface BlockRecord extends NewBlock {
+  readonly chainUri: string;
+}
+
+export interface ChainRecord {
+  readonly uri: string;
+  /** Who asked the KMS to create the chain (audit; not in the block). */
+  readonly requester: string;
+  readonly created: Date;
+  /** Number of blocks; the tail is at position length - 1. */
+  readonly length: number;
+  readonly tailHash: string;
+}
+
+export interface MembershipChange {
+  readonly entity: string;
+  readonly optype: "add" | "remove";
+  /** Position of the block whose operation this is. */
+  readonly position: number;
 }
 
 export type RecordOutcome = "recorded" | "replay" | "exhausted" | "unknown";

@@ -31,4 +31,43 @@ export const sqliteMigrations: readonly { version: number; name: string; sql: st
       ) WITHOUT ROWID;
     `,
   },
+  {
+    version: 2,
+    name: "entity keys, chains, blocks and the membership index",
+    sql: `
+      CREATE TABLE entity_keys (
+        entity TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        jwk TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        PRIMARY KEY (entity, kid)
+      );
+      CREATE TABLE chains (
+        uri TEXT PRIMARY KEY,
+        requester TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        tail_hash TEXT NOT NULL
+      );
+      CREATE TABLE blocks (
+        chain_uri TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        jws TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (chain_uri, position)
+      );
+      -- One row per membership interval: the entity is a member from block start_pos (its add
+      -- applied) until block end_pos (its remove applied), end_pos NULL while still a member.
+      CREATE TABLE memberships (
+        chain_uri TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        start_pos INTEGER NOT NULL,
+        end_pos INTEGER,
+        PRIMARY KEY (chain_uri, entity, start_pos)
+      ) WITHOUT ROWID;
+    `,
+  },
 ];

@@ -1,8 +1,42 @@
 import Database from "better-sqlite3";
-import type { ChannelRecord, RecordOutcome, Store } from "../store.js";
+import type {
+  BlockRecord,
+  ChainRecord,
+  ChannelRecord,
+  EntityKeyRecord,
+  MembershipChange,
+  NewBlock,
+  RecordOutcome,
+  Store,
+} from "../store.js";
 import { sqliteMigrations } from "./migrations.js";
 
 class ReplayDetected extends Error {}
+
+interface KeyRow {
+  entity: string;
+  kid: string;
+  jwk: string;
+  created_at: number;
+  revoked_at: number | null;
+}
+
+interface ChainRow {
+  uri: string;
+  requester: string;
+  created_at: number;
+  length: number;
+  tail_hash: string;
+}
+
+interface BlockRow {
+  chain_uri: string;
+  position: number;
+  hash: string;
+  jws: string;
+  creator: string;
+  created_at: number;
+}
 
 interface ChannelRow {
   uri: string;
@@ -76,6 +110,23 @@ export class SqliteStore implements Store {
       insertRequest: db.prepare("INSERT INTO channel_requests (channel_uri, request_id) VALUES (?, ?) ON CONFLICT DO NOTHING"),
       channelExists: db.prepare("SELECT 1 FROM channels WHERE uri = ?").pluck(),
       expired: db.prepare("SELECT uri FROM channels WHERE expires_at < ?").pluck(),
+      insertKey: db.prepare("INSERT INTO entity_keys (entity, kid, jwk, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+      activeKeys: db.prepare("SELECT * FROM entity_keys WHERE entity = ? AND revoked_at IS NULL ORDER BY created_at, kid"),
+      allKeys: db.prepare("SELECT * FROM entity_keys WHERE entity = ? ORDER BY created_at, kid"),
+      revokeKey: db.prepare("UPDATE entity_keys SET revoked_at = ? WHERE entity = ? AND kid = ? AND revoked_at IS NULL"),
+      insertChain: db.prepare("INSERT INTO chains (uri, requester, created_at, length, tail_hash) VALUES (?, ?, ?, ?, ?)"),
+      getChain: db.prepare("SELECT * FROM chains WHERE uri = ?"),
+      tail: db.prepare("SELECT tail_hash, length FROM chains WHERE uri = ?"),
+      setTail: db.prepare("UPDATE chains SET tail_hash = ?, length = ? WHERE uri = ?"),
+      insertBlock: db.prepare("INSERT INTO blocks (chain_uri, position, hash, jws, creator, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
+      blocksAfter: db.prepare("SELECT * FROM blocks WHERE chain_uri = ? AND position > ? ORDER BY position"),
+      findBlock: db.prepare("SELECT chain_uri, position FROM blocks WHERE hash = ?"),
+      openInterval: db.prepare("INSERT INTO memberships (chain_uri, entity, start_pos, end_pos) VALUES (?, ?, ?, NULL)"),
+      closeInterval: db.prepare("UPDATE memberships SET end_pos = ? WHERE chain_uri = ? AND entity = ? AND end_pos IS NULL"),
+      memberAt: db.prepare(
+        "SELECT 1 FROM memberships WHERE chain_uri = ? AND entity = ? AND start_pos <= ? AND (end_pos IS NULL OR end_pos > ?) LIMIT 1",
+      ).pluck(),
+      everMember: db.prepare("SELECT 1 FROM memberships WHERE chain_uri = ? AND entity = ? LIMIT 1").pluck(),
     };
   }
 
@@ -152,7 +203,39 @@ export class SqliteStore implements Store {
     }
     return "recorded";
     });
-    return { deleteChannel, record };
+    const createChain = this.db.transaction((chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]) => {
+      this.stmts.insertChain.run(chain.uri, chain.requester, chain.created.getTime(), 1, genesis.hash);
+      this.insertBlock(chain.uri, genesis);
+      for (const m of members) this.stmts.openInterval.run(chain.uri, m, 0);
+    });
+    const append = this.db.transaction(
+      (chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[]) => {
+        const tail = this.stmts.tail.get(chainUri) as { tail_hash: string; length: number } | undefined;
+        if (!tail) return "unknown" as const;
+        if (tail.tail_hash !== expectedTail || blocks[0]?.position !== tail.length) return "conflict" as const;
+        for (const b of blocks) this.insertBlock(chainUri, b);
+        for (const c of changes) {
+          if (c.optype === "add") this.stmts.openInterval.run(chainUri, c.entity, c.position);
+          else this.stmts.closeInterval.run(c.position, chainUri, c.entity);
+        }
+        const last = blocks[blocks.length - 1]!;
+        this.stmts.setTail.run(last.hash, last.position + 1, chainUri);
+        return "appended" as const;
+      },
+    );
+    const purge = this.db.transaction((before: number): number => {
+      let removed = 0;
+      for (const uri of this.stmts.expired.all(before) as string[]) {
+        this.stmts.deleteRequests.run(uri);
+        removed += this.stmts.deleteChannel.run(uri).changes;
+      }
+      return removed;
+    });
+    return { deleteChannel, record, createChain, append, purge };
+  }
+
+  private insertBlock(chainUri: string, b: NewBlock): void {
+    this.stmts.insertBlock.run(chainUri, b.position, b.hash, b.jws, b.creator, b.created.getTime());
   }
 
   async deleteChannel(uri: string): Promise<boolean> {
@@ -168,9 +251,63 @@ export class SqliteStore implements Store {
     }
   }
 
+  async registerEntityKey(key: EntityKeyRecord): Promise<boolean> {
+    return this.stmts.insertKey.run(key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime()).changes === 1;
+  }
+
+  async listEntityKeys(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKeyRecord[]> {
+    const rows = (opts.includeRevoked ? this.stmts.allKeys : this.stmts.activeKeys).all(entity) as KeyRow[];
+    return rows.map((r) => ({
+      entity: r.entity,
+      kid: r.kid,
+      jwk: JSON.parse(r.jwk) as Record<string, unknown>,
+      created: new Date(r.created_at),
+      ...(r.revoked_at !== null ? { revoked: new Date(r.revoked_at) } : {}),
+    }));
+  }
+
+  async revokeEntityKey(entity: string, kid: string, at: Date): Promise<boolean> {
+    return this.stmts.revokeKey.run(at.getTime(), entity, kid).changes === 1;
+  }
+
+  async createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]): Promise<void> {
+    this.transactions.createChain.immediate(chain, genesis, members);
+  }
+
+  async appendBlocks(chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[]) {
+    return this.transactions.append.immediate(chainUri, expectedTail, blocks, changes);
+  }
+
+  async getChain(uri: string): Promise<ChainRecord | undefined> {
+    const r = this.stmts.getChain.get(uri) as ChainRow | undefined;
+    return r && { uri: r.uri, requester: r.requester, created: new Date(r.created_at), length: r.length, tailHash: r.tail_hash };
+  }
+
+  async getBlocks(chainUri: string, afterPosition = -1): Promise<BlockRecord[]> {
+    return (this.stmts.blocksAfter.all(chainUri, afterPosition) as BlockRow[]).map((r) => ({
+      chainUri: r.chain_uri,
+      position: r.position,
+      hash: r.hash,
+      jws: r.jws,
+      creator: r.creator,
+      created: new Date(r.created_at),
+    }));
+  }
+
+  async findBlock(hash: string): Promise<{ chainUri: string; position: number } | undefined> {
+    const r = this.stmts.findBlock.get(hash) as { chain_uri: string; position: number } | undefined;
+    return r && { chainUri: r.chain_uri, position: r.position };
+  }
+
+  async isMemberAt(chainUri: string, entity: string, position: number): Promise<boolean> {
+    return this.stmts.memberAt.get(chainUri, entity, position, position) === 1;
+  }
+
+  async wasEverMember(chainUri: string, entity: string): Promise<boolean> {
+    return this.stmts.everMember.get(chainUri, entity) === 1;
+  }
+
   async purgeChannels(before: Date): Promise<number> {
-    const uris = this.stmts.expired.all(before.getTime()) as string[];
-    for (const uri of uris) this.deleteTx(uri);
-    return uris.length;
+    return this.transactions.purge.immediate(before.getTime());
   }
 }
