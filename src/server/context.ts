@@ -13,6 +13,13 @@ export interface CoreSettings {
   readonly clockSkewSeconds: number;
   /** §5: messages per channel before it is exhausted. */
   readonly channelMessageLimit: number;
+  /** §7: the domain whose entities this KMS keeps keys for (WebFinger/JWKS). */
+  readonly domain: string;
+  /** §10 limits. */
+  readonly maxBlocksPerAppend: number;
+  readonly maxOperationsPerBlock: number;
+  /** §8: who may read a chain. */
+  readonly gmbcReaders: "members" | "members-and-former";
 }
 
 /** What every handler may use. */

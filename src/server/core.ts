@@ -116,7 +116,7 @@ export class KmsCore {
         if (recorded === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), requestId, op);
         if (recorded === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), requestId, op);
 
-        const handler = route(target, request.method);
+        const handler = await route(this.services, target, request.method);
         const result = await handler({ services: this.services, request, identity, target, channel });
         this.observe({ op, status: result.status, form: "jwe" });
         return encryptCommonMessage(key, channel.uri, { ...result, requestId: request.requestId });

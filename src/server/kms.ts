@@ -10,6 +10,7 @@ import { createHttpHandler } from "../transport/http/http-binding.js";
 import { Barrier } from "./barrier/barrier.js";
 import type { CoreSettings } from "./context.js";
 import { KmsCore } from "./core.js";
+import { discoveryRoutes } from "./discovery.js";
 import type { StaticKey } from "./static-key.js";
 
 /** Expired channels are kept this long (§4: remembered ≥ 24 h, so late requests get 403, not 401). */
@@ -20,6 +21,8 @@ export interface KmsOptions {
     readonly maxMessageBytes: number;
     readonly maxBatchMessages: number;
     readonly maxInFlight?: number;
+    /** The public HTTP origin, for absolute URLs (§3); default: the origin a request came to. */
+    readonly publicUrl?: string;
   };
   readonly store: Store;
   readonly masterKey: Uint8Array;
@@ -95,6 +98,7 @@ export class Kms {
       maxMessageBytes: settings.maxMessageBytes,
       maxBatchMessages: settings.maxBatchMessages,
       maxInFlight: settings.maxInFlight ?? 4096,
+      extraRoutes: discoveryRoutes({ store, domain: settings.domain, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
   }
 

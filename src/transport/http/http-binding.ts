@@ -17,7 +17,7 @@ export interface HttpBindingOptions {
   /** Messages in flight above which new requests are shed with 429. */
   readonly maxInFlight: number;
   /** Extra routes (e.g. WebFinger in a later issue); return false when not handled. */
-  extraRoutes?(req: IncomingMessage, res: ServerResponse, body: () => Promise<Buffer>): Promise<boolean>;
+  extraRoutes?(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
 }
 
 class BodyTooLarge extends Error {}
@@ -100,7 +100,7 @@ export function createHttpHandler(opts: HttpBindingOptions): (req: IncomingMessa
         const m = await opts.metrics();
         return send(res, 200, m.contentType, m.body);
       }
-      if (opts.extraRoutes && (await opts.extraRoutes(req, res, () => readBody(req, opts.maxMessageBytes)))) return;
+      if (opts.extraRoutes && (await opts.extraRoutes(req, res))) return;
       return send(res, 404, "application/json", JSON.stringify({ error: "not found" }));
     };
     run().catch((e) => {

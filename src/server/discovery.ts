@@ -1,0 +1,58 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { REL_ENTITY_KEYS } from "../protocol/constants.js";
+import { normalizeEntity } from "../protocol/entity.js";
+import type { Store } from "../store/store.js";
+
+/**
+ * Unauthenticated key discovery for other domains (§7): WebFinger (RFC 7033) pointing at an
+ * entity's JWKS on this KMS's HTTP origin. Only entities of this KMS's domain, and only those with
+ * keys: anything else is 404, so the endpoints say nothing about who exists without keys.
+ *
+ * @example
+ * GET /.well-known/webfinger?resource=acct:alice@example.com → { subject, links: [{ rel, type, href }] }
+ */
+export function discoveryRoutes(opts: { store: Store; domain: string; publicUrl?: string }) {
+  const activeKeys = async (acct: string | null) => {
+    const entity = acct ? normalizeEntity(acct) : undefined;
+    if (!entity || entity.slice(entity.lastIndexOf("@") + 1) !== opts.domain) return undefined;
+    const keys = await opts.store.listEntityKeys(entity);
+    return keys.length > 0 ? { entity, keys: keys.map((k) => k.jwk) } : undefined;
+  };
+  const send = (res: ServerResponse, status: number, type: string, body: unknown) => {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(text), "access-control-allow-origin": "*" });
+    res.end(text);
+  };
+
+  return async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
+    if (req.method !== "GET") return false;
+    const url = new URL(req.url ?? "/", "http://placeholder");
+    if (url.pathname === "/.well-known/webfinger") {
+      const found = await activeKeys(url.searchParams.get("resource"));
+      if (!found) {
+        send(res, 404, "application/json", { error: "no such entity with keys here" });
+        return true;
+      }
+      const origin = opts.publicUrl ?? `http://${req.headers.host ?? "localhost"}`;
+      send(res, 200, "application/jrd+json", {
+        subject: `acct:${found.entity}`,
+        links: [{ rel: REL_ENTITY_KEYS, type: "application/jwk-set+json", href: `${origin}/entities/${encodeURIComponent(found.entity)}/jwks` }],
+      });
+      return true;
+    }
+    const m = /^\/entities\/([^/]+)\/jwks$/.exec(url.pathname);
+    if (m) {
+      let acct: string | null = null;
+      try {
+        acct = decodeURIComponent(m[1]!);
+      } catch {
+        acct = null;
+      }
+      const found = await activeKeys(acct);
+      if (!found) send(res, 404, "application/json", { error: "no such entity with keys here" });
+      else send(res, 200, "application/jwk-set+json", { keys: found.keys });
+      return true;
+    }
+    return false;
+  };
+}

@@ -1,0 +1,54 @@
+import { conflict, forbidden, notFound } from "../../protocol/errors.js";
+import { normalizeEntity } from "../../protocol/entity.js";
+import { validateEntityPublicJwk } from "../../protocol/jwk.js";
+import { rfc3339 } from "../key-agreement.js";
+import type { Handler, RequestContext } from "../context.js";
+
+/** `create /entities/keys` with `{jwk}` (§7): registers a device key of the authenticated entity. */
+export const registerEntityKey: Handler = async ({ services, request, identity }) => {
+  const jwk = await validateEntityPublicJwk(request.jwk);
+  const created = services.now();
+  const stored = await services.store.registerEntityKey({ entity: identity.entity, kid: jwk.kid, jwk, created });
+  if (!stored) throw conflict(`${identity.entity} already has a key with kid '${jwk.kid}'`, "ERR_DUPLICATE_KID");
+  return { status: 201, key: { entity: identity.entity, jwk, created: rfc3339(created) } };
+};
+
+/**
+ * `retrieve /entities/<acct>/keys` (§7): any authenticated caller; an entity without keys has an
+ * empty list. With `includeRevoked: true` (a Keyward extension), revoked keys come too, each with
+ * its `revoked` date, so that a client can verify blocks signed before a revocation.
+ */
+export const listEntityKeys: Handler = async (ctx) => {
+  const entity = entityOf(ctx);
+  const includeRevoked = ctx.request.includeRevoked === true;
+  const keys = await ctx.services.store.listEntityKeys(entity, { includeRevoked });
+  return {
+    status: 200,
+    keys: keys.map((k) => (includeRevoked ? { ...k.jwk, created: rfc3339(k.created), ...(k.revoked ? { revoked: rfc3339(k.revoked) } : {}) } : k.jwk)),
+  };
+};
+
+/** `delete /entities/<acct>/keys/<kid>` (§7): only by that entity; the key stops verifying new blocks. */
+export const revokeEntityKey: Handler = async (ctx) => {
+  const entity = entityOf(ctx);
+  if (entity !== ctx.identity.entity) throw forbidden("only an entity can delete its own keys", "ERR_NOT_YOUR_KEY");
+  const kid = decodeSegment(ctx.target.segments[3]!);
+  if (!(await ctx.services.store.revokeEntityKey(entity, kid, ctx.services.now()))) {
+    throw notFound(`${entity} has no key '${kid}'`, "ERR_UNKNOWN_KEY");
+  }
+  return { status: 204 };
+};
+
+function entityOf(ctx: RequestContext): string {
+  const entity = normalizeEntity(decodeSegment(ctx.target.segments[1]!));
+  if (!entity) throw notFound(`'${ctx.target.segments[1]}' is not an entity`, "ERR_NOT_FOUND");
+  return entity;
+}
+
+export function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
