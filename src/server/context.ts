@@ -18,6 +18,8 @@ export interface CoreSettings {
   /** §10 limits. */
   readonly maxBlocksPerAppend: number;
   readonly maxOperationsPerBlock: number;
+  /** §9: the KMS-wide membership policy for fetching bound GKs. */
+  readonly policy: 1 | 2 | 3;
   /** §8: who may read a chain. */
   readonly gmbcReaders: "members" | "members-and-former";
 }

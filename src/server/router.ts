@@ -7,6 +7,7 @@ import { listEntityKeys, registerEntityKey, revokeEntityKey } from "./handlers/e
 import { appendBlocks } from "./handlers/gmbc-append.js";
 import { createChain } from "./handlers/gmbc-genesis.js";
 import { getChain } from "./handlers/gmbc-get.js";
+import { bindGk, createGk, getGk } from "./handlers/gk.js";
 import { ping } from "./handlers/ping.js";
 
 interface Route {
@@ -39,6 +40,12 @@ const routes: readonly Route[] = [
     pattern: ["blocks", ":id"],
     methods: { create: appendBlocks, retrieve: getChain },
     exists: async (s, t) => (await s.store.getChain(objectUri(s.settings.authority, "blocks", t.segments[1]!))) !== undefined,
+  },
+  { pattern: ["gks"], methods: { create: createGk } },
+  {
+    pattern: ["gks", ":id"],
+    methods: { update: bindGk, retrieve: getGk },
+    exists: async (s, t) => (await s.store.getGk(objectUri(s.settings.authority, "gks", t.segments[1]!))) !== undefined,
   },
 ];
 

@@ -36,6 +36,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
       maxBlocksPerAppend: config.maxBlocksPerAppend,
       maxOperationsPerBlock: config.maxOperationsPerBlock,
       gmbcReaders: config.gmbcReaders,
+      policy: config.policy,
       ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),
       maxMessageBytes: config.maxMessageBytes,
       maxBatchMessages: config.maxBatchMessages,

@@ -56,6 +56,29 @@ export interface Store {
   isMemberAt(chainUri: string, entity: string, position: number): Promise<boolean>;
   /** Membership index: was `entity` ever a member of the chain? */
   wasEverMember(chainUri: string, entity: string): Promise<boolean>;
+
+  // ── Group Keys (§9) ─────────────────────────────────────────────────────────────────────────
+  createGk(gk: GkRecord): Promise<void>;
+  getGk(uri: string): Promise<GkRecord | undefined>;
+  /** Binds an unbound GK to a block; false (nothing changed) when it is already bound or unknown. */
+  bindGk(uri: string, block: BlockRef): Promise<boolean>;
+}
+
+/** Where a block stands: its hash, its chain and its position there. */
+export interface BlockRef {
+  readonly hash: string;
+  readonly chainUri: string;
+  readonly position: number;
+}
+
+export interface GkRecord {
+  readonly uri: string;
+  /** The entity that asked for the GK (only it may bind it, only it may fetch it while unbound). */
+  readonly requester: string;
+  readonly created: Date;
+  /** The 256-bit key, sealed by the barrier with AAD `gk:<uri>`: the store never sees it in the clear. */
+  readonly sealedKey: string;
+  readonly block?: BlockRef;
 }
 
 export interface EntityKeyRecord {

@@ -70,4 +70,19 @@ export const sqliteMigrations: readonly { version: number; name: string; sql: st
       ) WITHOUT ROWID;
     `,
   },
+  {
+    version: 3,
+    name: "group keys",
+    sql: `
+      CREATE TABLE gks (
+        uri TEXT PRIMARY KEY,
+        requester TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        sealed_key TEXT NOT NULL,
+        block_hash TEXT,
+        chain_uri TEXT,
+        block_position INTEGER
+      );
+    `,
+  },
 ];

@@ -2,8 +2,10 @@ import Database from "better-sqlite3";
 import type {
   BlockRecord,
   ChainRecord,
+  BlockRef,
   ChannelRecord,
   EntityKeyRecord,
+  GkRecord,
   MembershipChange,
   NewBlock,
   RecordOutcome,
@@ -19,6 +21,16 @@ interface KeyRow {
   jwk: string;
   created_at: number;
   revoked_at: number | null;
+}
+
+interface GkRow {
+  uri: string;
+  requester: string;
+  created_at: number;
+  sealed_key: string;
+  block_hash: string | null;
+  chain_uri: string | null;
+  block_position: number | null;
 }
 
 interface ChainRow {
@@ -126,6 +138,11 @@ export class SqliteStore implements Store {
       memberAt: db.prepare(
         "SELECT 1 FROM memberships WHERE chain_uri = ? AND entity = ? AND start_pos <= ? AND (end_pos IS NULL OR end_pos > ?) LIMIT 1",
       ).pluck(),
+      insertGk: db.prepare(
+        "INSERT INTO gks (uri, requester, created_at, sealed_key, block_hash, chain_uri, block_position) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      ),
+      getGk: db.prepare("SELECT * FROM gks WHERE uri = ?"),
+      bindGk: db.prepare("UPDATE gks SET block_hash = ?, chain_uri = ?, block_position = ? WHERE uri = ? AND block_hash IS NULL"),
       everMember: db.prepare("SELECT 1 FROM memberships WHERE chain_uri = ? AND entity = ? LIMIT 1").pluck(),
     };
   }
@@ -305,6 +322,26 @@ export class SqliteStore implements Store {
 
   async wasEverMember(chainUri: string, entity: string): Promise<boolean> {
     return this.stmts.everMember.get(chainUri, entity) === 1;
+  }
+
+  async createGk(gk: GkRecord): Promise<void> {
+    this.stmts.insertGk.run(gk.uri, gk.requester, gk.created.getTime(), gk.sealedKey, gk.block?.hash ?? null, gk.block?.chainUri ?? null, gk.block?.position ?? null);
+  }
+
+  async getGk(uri: string): Promise<GkRecord | undefined> {
+    const r = this.stmts.getGk.get(uri) as GkRow | undefined;
+    if (!r) return undefined;
+    return {
+      uri: r.uri,
+      requester: r.requester,
+      created: new Date(r.created_at),
+      sealedKey: r.sealed_key,
+      ...(r.block_hash !== null ? { block: { hash: r.block_hash, chainUri: r.chain_uri!, position: r.block_position! } } : {}),
+    };
+  }
+
+  async bindGk(uri: string, block: BlockRef): Promise<boolean> {
+    return this.stmts.bindGk.run(block.hash, block.chainUri, block.position, uri).changes === 1;
   }
 
   async purgeChannels(before: Date): Promise<number> {
