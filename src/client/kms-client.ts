@@ -199,6 +199,17 @@ export class KmsClient {
     return this.current;
   }
 
+  /**
+   * Verifies an object the KMS signed with its static key (a genesis block, a GK) and returns its
+   * payload. Throws KmsProtocolError when the signature is not the KMS's.
+   *
+   * @example
+   * const gk = await kms.verifyKmsSignature(reply.gk) as { uri: string; key: GeneralJWE };
+   */
+  async verifyKmsSignature(jws: string): Promise<unknown> {
+    return this.verifyStatic(jws);
+  }
+
   /** Verifies a JWS from the KMS static key (ECDHE replies and JWS errors). */
   private async verifyStatic(jws: string): Promise<ResponsePayload> {
     const kms = await this.discover();
