@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { resolve, join } from "node:path";
 import { Command, Option } from "commander";
 import { DEFAULT_DEV_IDP_LISTEN, loadConfig, parseListen } from "../config/config.js";
@@ -6,6 +6,7 @@ import { devIdpIssuer, issueDevToken, startDevIdp } from "../identity/dev-idp.js
 import { DATA_FILES, initDataDir } from "../server/data-dir.js";
 import { serveDataDir } from "../server/start.js";
 import { KmsClient } from "../client/index.js";
+import { registerGroupCommands, resolveConnection } from "./group.js";
 
 /** The `keyward` command line. Each command is a thin shell over a library function. */
 const program = new Command("keyward").description("Keyward: a key management service for end-to-end encrypted groups").showHelpAfterError();
@@ -98,23 +99,16 @@ program
   .option("--ca <pem>", "trust root PEM file")
   .option("--token <token>", "access token (default: KEYWARD_TOKEN, or a dev token)")
   .action(async (o: { user: string; dir: string; url?: string; ca?: string; token?: string }) => {
-    const dir = resolve(o.dir);
-    const config = existsSync(join(dir, DATA_FILES.config)) ? loadConfig(dir) : undefined;
-    const url = o.url ?? (config ? `http://${config.listenHost}:${config.listenPort}` : undefined);
-    const ca = o.ca ?? (config ? join(dir, DATA_FILES.caCert) : undefined);
-    if (!url || !ca) throw new Error("give --url and --ca (or run it next to a `keyward dev` data dir)");
-    let token = o.token ?? process.env.KEYWARD_TOKEN;
-    if (!token && config?.devIdp) {
-      token = await issueDevToken({ dataDir: dir, issuer: config.oauthIssuer, audience: config.oauthAudience, user: o.user });
-    }
-    if (!token) throw new Error("give --token or KEYWARD_TOKEN");
-    const client = new KmsClient({ url, user: o.user, token, trustRoots: [readFileSync(ca, "utf8")] });
+    const { url, token, trustRoots } = await resolveConnection(o);
+    const client = new KmsClient({ url, user: o.user, token, trustRoots });
     const started = performance.now();
     await client.ping();
     const channel = client.channel!;
     console.log(`ping ok: channel ${channel.uri} for ${channel.userId}, expires ${channel.expiresAt.toISOString()} (${(performance.now() - started).toFixed(1)} ms with ECDHE)`);
     await client.close();
   });
+
+registerGroupCommands(program);
 
 function onSignal(stop: () => Promise<void>): void {
   const handler = () => {

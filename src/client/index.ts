@@ -3,3 +3,23 @@ export { KmsClient, type KmsClientOptions, type KmsInfo, type Channel } from "./
 export { KmsRequestError, KmsProtocolError } from "./errors.js";
 export { KmsIdentityError, validateKmsIdentity, matchesDnsName } from "./kms-identity.js";
 export { HttpTransport, type KmsTransport } from "./transport.js";
+export { DeviceKey, type DeviceKeyType, type DeviceKeyAlgorithm, type KeyedJwk } from "./device-key.js";
+export {
+  Groups,
+  historyOf,
+  type GroupsOptions,
+  type Group,
+  type EntityKey,
+  type HistoryEntry,
+  type DeviceRegistration,
+} from "./groups.js";
+export {
+  ChainVerificationError,
+  Membership,
+  type ChainErrorCode,
+  type Operation,
+  type OpType,
+  type ParsedBlock,
+  type VerifiedChain,
+  type VerifyChainOptions,
+} from "../primitives/gmbc/index.js";
