@@ -15,6 +15,12 @@ export interface ParseBlockOptions {
    * A genesis block is always checked against its own `curator`.
    */
   curator?: string;
+  /**
+   * Leave the checks §8 orders after the tail and membership checks to the caller: an empty
+   * operations list is returned as `[]`, and an operation naming `curator` is returned with the
+   * curator's URI as its entity. The KMS's append handler uses this; chain verification does not.
+   */
+  deferOperationChecks?: boolean;
 }
 
 const B64URL = /^[A-Za-z0-9_-]+$/;
@@ -112,7 +118,7 @@ function parseAppended(p: Record<string, unknown>, opts: ParseBlockOptions): App
     antecedent,
     creator: normalizedCreator,
     created: parseCreated(p.created),
-    operations: parseOperations(p.operations, opts.maxOperations, opts.curator, false),
+    operations: parseOperations(p.operations, opts.maxOperations, opts.curator, false, opts.deferOperationChecks === true),
   };
 }
 
@@ -176,10 +182,10 @@ export function parseGenesisOperations(value: unknown, maxOperations: number): O
   return parseOperations(value, maxOperations, undefined, true);
 }
 
-function parseOperations(value: unknown, maxOperations: number, curator: string | undefined, genesis: boolean): Operation[] {
+function parseOperations(value: unknown, maxOperations: number, curator: string | undefined, genesis: boolean, defer = false): Operation[] {
   if (value === undefined) throw fieldError("operations", "is missing");
   if (!Array.isArray(value)) throw fieldError("operations", "must be an array");
-  if (value.length === 0) throw fieldError("operations", "must not be empty");
+  if (value.length === 0 && !defer) throw fieldError("operations", "must not be empty");
   if (value.length > maxOperations) {
     throw fieldError("operations", `has ${value.length} operations, more than the limit of ${maxOperations}`);
   }
@@ -190,6 +196,7 @@ function parseOperations(value: unknown, maxOperations: number, curator: string 
     const { entity, optype } = item as Record<string, unknown>;
     if (typeof entity !== "string") throw fieldError(`${at}.entity`, "must be an acct entity (user@domain)");
     if (curator !== undefined && samePrincipal(entity, curator)) {
+      if (defer && optype !== undefined && (optype === "add" || optype === "remove")) return { entity: curator, optype };
       throw new KmsError(
         400,
         "ERR_OP_CURATOR",

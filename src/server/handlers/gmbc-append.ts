@@ -25,10 +25,11 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
   if (input.length > settings.maxBlocksPerAppend) {
     throw badRequest(`field 'blocks' holds ${input.length} blocks; at most ${settings.maxBlocksPerAppend} per append`, "ERR_LIMIT");
   }
+  const curator = kmsUri(settings.authority);
   const blocks: ParsedBlock[] = [];
   for (const [i, jws] of input.entries()) {
     if (typeof jws !== "string") throw badRequest(`blocks[${i}] must be a JWS compact string`, "ERR_BLOCK");
-    const block = await parseBlock(jws, { maxOperations: settings.maxOperationsPerBlock }).catch((e: Error & { reason?: string }) => {
+    const block = await parseBlock(jws, { maxOperations: settings.maxOperationsPerBlock, curator, deferOperationChecks: true }).catch((e: Error & { reason?: string }) => {
       throw badRequest(`blocks[${i}]: ${e.reason ?? e.message}`, "ERR_BLOCK");
     });
     if (block.genesis) throw badRequest(`blocks[${i}] is a genesis block; only appended blocks can be appended`, "ERR_BLOCK");
@@ -58,7 +59,6 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
   const tailPosition = chain.length - 1;
   const overlay = new Map<string, boolean>();
   const isMember = async (entity: string) => overlay.get(entity) ?? (await store.isMemberAt(chainUri, entity, tailPosition));
-  const curator = kmsUri(settings.authority);
   const changes: MembershipChange[] = [];
   const newBlocks: NewBlock[] = [];
   for (const [i, b] of blocks.entries()) {
@@ -67,8 +67,11 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
     if (!(await isMember(p.creator))) {
       throw forbidden(`blocks[${i}]: its creator ${p.creator} is not a member of the group as of the block before it`, "ERR_NOT_MEMBER");
     }
+    if (p.operations.length === 0) throw badRequest(`blocks[${i}]: field 'operations' is empty: a block changes the membership`, "ERR_OPERATION");
     for (const op of p.operations) {
-      if (op.entity === curator) throw badRequest(`blocks[${i}]: an operation names the curator`, "ERR_OPERATION");
+      if (op.entity === curator) {
+        throw badRequest(`blocks[${i}]: an operation names the curator ${curator}, a permanent member that cannot be added or removed`, "ERR_OPERATION");
+      }
       const member = await isMember(op.entity);
       if (op.optype === "add" && member) throw badRequest(`blocks[${i}]: 'add' of ${op.entity}, who is already a member`, "ERR_OPERATION");
       if (op.optype === "remove" && !member) throw badRequest(`blocks[${i}]: 'remove' of ${op.entity}, who is not a member`, "ERR_OPERATION");
