@@ -91,7 +91,7 @@ export async function loadOrCreateDevice(user: string, env: NodeJS.ProcessEnv = 
 }
 
 /** A Groups client for the CLI user: connection resolved, device key loaded (or created) and registered. */
-async function openGroups(o: ConnectionFlags): Promise<{ groups: Groups; kms: KmsClient }> {
+async function openGroups(o: ConnectionFlags): Promise<{ groups: Groups; kms: KmsClient; user: string; device: DeviceKey }> {
   const user = normalizeEntity(o.user);
   if (user === undefined) throw new Error(`--user '${o.user}' is not an entity (user@domain)`);
   const connection = await resolveConnection(o);
@@ -104,20 +104,24 @@ async function openGroups(o: ConnectionFlags): Promise<{ groups: Groups; kms: Km
     await kms.close().catch(() => undefined);
     throw e;
   }
-  return { groups, kms };
+  return { groups, kms, user, device };
 }
 
-/** Runs `fn` with a Groups client, closing the channel afterwards. */
-async function withGroups<T>(o: ConnectionFlags, fn: (groups: Groups) => Promise<T>): Promise<T> {
-  const { groups, kms } = await openGroups(o);
+/** Runs `fn` with a Groups client (and its KMS client, user and device), closing the channel afterwards. */
+export async function withGroups<T>(
+  o: ConnectionFlags,
+  fn: (groups: Groups, ctx: { kms: KmsClient; user: string; device: DeviceKey }) => Promise<T>,
+): Promise<T> {
+  const { groups, kms, user, device } = await openGroups(o);
   try {
-    return await fn(groups);
+    return await fn(groups, { kms, user, device });
   } finally {
     await kms.close().catch(() => undefined);
   }
 }
 
-function connectionOptions(cmd: Command): Command {
+/** The connection flags every user command takes. */
+export function connectionOptions(cmd: Command): Command {
   return cmd
     .requiredOption("--user <user>", "who you are, user@domain")
     .option("--dir <dir>", "a `keyward dev` data dir (gives the URL, trust root and a token)", ".keyward-dev")

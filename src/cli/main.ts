@@ -7,6 +7,7 @@ import { DATA_FILES, initDataDir } from "../server/data-dir.js";
 import { serveDataDir } from "../server/start.js";
 import { KmsClient } from "../client/index.js";
 import { registerGroupCommands, resolveConnection } from "./group.js";
+import { registerCryptCommands } from "./crypt.js";
 
 /** The `keyward` command line. Each command is a thin shell over a library function. */
 const program = new Command("keyward").description("Keyward: a key management service for end-to-end encrypted groups").showHelpAfterError();
@@ -109,6 +110,7 @@ program
   });
 
 registerGroupCommands(program);
+registerCryptCommands(program);
 
 function onSignal(stop: () => Promise<void>): void {
   const handler = () => {

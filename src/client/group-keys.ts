@@ -41,6 +41,7 @@ interface SignedGk {
 export class GroupKeys {
   private readonly cache = new Map<string, GroupKey>();
   private readonly current = new Map<string, GroupKey>();
+  private readonly rotating = new Map<string, Promise<GroupKey>>();
 
   constructor(
     private readonly kms: KmsClient,
@@ -55,7 +56,7 @@ export class GroupKeys {
   /** `create /gks` (optionally bound at `block`, a hash where the user is a member). */
   async create(options: { block?: string } = {}): Promise<GroupKey> {
     const reply = await this.kms.request("create", "/gks", options.block ? { block: options.block } : {});
-    const gk = await this.open(reply.gk, { block: options.block });
+    const gk = await this.open(reply.gk, { block: options.block ?? null });
     this.cache.set(gk.uri, gk);
     return gk;
   }
@@ -111,13 +112,24 @@ export class GroupKeys {
     if (!tail) throw new KmsProtocolError("ERR_EMPTY_CHAIN", `no blocks known for ${groupUri}`);
     const current = this.current.get(groupUri);
     if (current?.block === tail) return current;
-    const gk = await this.create({ block: tail });
-    this.current.set(groupUri, gk);
-    return gk;
+    // Concurrent encryptFor calls for one group share one new GK rather than each making one.
+    const key = `${groupUri} ${tail}`;
+    let pending = this.rotating.get(key);
+    if (!pending) {
+      pending = this.create({ block: tail })
+        .then((gk) => {
+          this.current.set(groupUri, gk);
+          return gk;
+        })
+        .finally(() => this.rotating.delete(key));
+      this.rotating.set(key, pending);
+    }
+    return pending;
   }
 
   /** Verifies the KMS signature, checks uri/block/creator, unwraps with this device's key. */
-  private async open(jws: unknown, expected: { uri?: string; block?: string | undefined }): Promise<GroupKey> {
+  /** `expected.block`: a hash it must be bound to, `null` for "must be unbound", undefined for "either". */
+  private async open(jws: unknown, expected: { uri?: string; block?: string | null }): Promise<GroupKey> {
     if (typeof jws !== "string") throw new KmsProtocolError("ERR_GK_REPLY", "the KMS reply has no 'gk'");
     const kms = await this.kms.discover();
     const gk = (await this.kms.verifyKmsSignature(jws)) as SignedGk;
@@ -127,7 +139,7 @@ export class GroupKeys {
     if (expected.uri !== undefined && gk.uri !== expected.uri) {
       throw new KmsProtocolError("ERR_GK_MISMATCH", `asked for ${expected.uri} but the KMS returned ${gk.uri}`);
     }
-    if (expected.block !== undefined && gk.block !== expected.block) {
+    if (expected.block !== undefined && (gk.block ?? null) !== expected.block) {
       throw new KmsProtocolError("ERR_GK_MISMATCH", `the GK is bound to ${String(gk.block)} but ${expected.block} was asked for`);
     }
     const key = await this.unwrap(gk.key, gk.uri);
@@ -154,7 +166,12 @@ export class GroupKeys {
     } catch {
       throw new KmsProtocolError("ERR_GK_UNWRAP", "the GK does not unwrap with this device's key");
     }
-    const k = JSON.parse(new TextDecoder().decode(plaintext)) as { kty?: unknown; alg?: unknown; kid?: unknown; k?: unknown };
+    let k: { kty?: unknown; alg?: unknown; kid?: unknown; k?: unknown };
+    try {
+      k = JSON.parse(new TextDecoder().decode(plaintext)) as typeof k;
+    } catch {
+      throw new KmsProtocolError("ERR_GK_INVALID", "the unwrapped GK is not a JWK");
+    }
     if (k.kty !== "oct" || k.alg !== CONTENT_ENCRYPTION || k.kid !== gkUri || typeof k.k !== "string") {
       throw new KmsProtocolError("ERR_GK_INVALID", "the unwrapped GK is not an A256GCM oct key for this GK uri");
     }

@@ -4,6 +4,7 @@ export { KmsRequestError, KmsProtocolError } from "./errors.js";
 export { KmsIdentityError, validateKmsIdentity, matchesDnsName } from "./kms-identity.js";
 export { HttpTransport, type KmsTransport } from "./transport.js";
 export { DeviceKey, type DeviceKeyType, type DeviceKeyAlgorithm, type KeyedJwk } from "./device-key.js";
+export { GroupKeys, type GroupKey, type DeviceKeyLike } from "./group-keys.js";
 export {
   Groups,
   historyOf,

@@ -154,7 +154,8 @@ export class KmsClient {
     } catch {
       throw new KmsProtocolError("ERR_REPLY_DECRYPT", "the KMS reply does not decrypt with the channel key");
     }
-    if (reply.requestId !== requestId && reply.requestId !== undefined) {
+    // Only a refusal made before the KMS could read the request (a bad header) has no requestId.
+    if (reply.requestId !== requestId && !(reply.requestId === undefined && reply.status >= 400)) {
       throw new KmsProtocolError("ERR_REQUEST_ID", "the KMS reply answers another request");
     }
     return { kind: "reply" as const, payload: reply, form: "jwe" as const };

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -6,6 +6,7 @@ import { CompactEncrypt, importJWK, compactVerify, type JWK, exportJWK } from "j
 import { resolveConfig, type KeywardConfig } from "../../src/config/config.js";
 import { issueDevToken, startDevIdp } from "../../src/identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../../src/server/data-dir.js";
+import { generateMasterKey } from "../../src/server/barrier/master-key.js";
 import { createLogger } from "../../src/server/logger.js";
 import { kmsFromConfig } from "../../src/server/start.js";
 import type { Kms } from "../../src/server/kms.js";
@@ -39,7 +40,10 @@ export async function startTestKms(opts: { keyType?: "ec" | "rsa"; env?: Record<
   const dataDir = mkdtempSync(join(tmpdir(), "keyward-test-"));
   rmSync(dataDir, { recursive: true });
   const authority = "kms.example.com";
-  await initDataDir({ dir: dataDir, authority, domain: "example.com", keyType: opts.keyType ?? "ec" });
+  // An explicit master key: a KEYWARD_MASTER_KEY in the developer's shell must not leak into tests.
+  const masterKey = generateMasterKey();
+  await initDataDir({ dir: dataDir, authority, domain: "example.com", keyType: opts.keyType ?? "ec", masterKey });
+  writeFileSync(join(dataDir, DATA_FILES.masterKey), masterKey + "\n", { mode: 0o600 });
   const idp = await startDevIdp({ dataDir, host: "127.0.0.1", port: 0, audience: `kms://${authority}` });
   const config = resolveConfig(dataDir, {
     ...JSON.parse(readFileSync(join(dataDir, DATA_FILES.config), "utf8")),
