@@ -1,7 +1,7 @@
 import { CHANNEL_MESSAGE_LIMIT, CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { badRequest, conflict, forbidden, KmsError, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules, inspectCompact } from "../protocol/jose/compact.js";
-import { decryptCommonMessage, encryptCommonMessage } from "../protocol/jose/common-message.js";
+import { openCommonMessage, sealCommonMessage } from "./channel-codec.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId } from "../protocol/messages.js";
 import { resolveUri } from "../protocol/uri.js";
 import type { ChannelRecord } from "../store/store.js";
@@ -94,12 +94,17 @@ export class KmsCore {
         throw new ChannelReply(e as KmsError); // §4: on that key, without decrypting, no requestId
       }
 
+      let plaintext: Buffer;
+      try {
+        plaintext = openCommonMessage(key, message);
+      } catch {
+        return this.jwsError(unauthorized("the message does not decrypt with its ephemeral key", "ERR_DECRYPT"), undefined, op);
+      }
       let payload: unknown;
       try {
-        payload = (await decryptCommonMessage(key, message)).payload;
-      } catch (e) {
-        if (e instanceof SyntaxError) throw new ChannelReply(badRequest("the request payload is not JSON", "ERR_PAYLOAD"));
-        return this.jwsError(unauthorized("the message does not decrypt with its ephemeral key", "ERR_DECRYPT"), undefined, op);
+        payload = JSON.parse(plaintext.toString("utf8"));
+      } catch {
+        throw new ChannelReply(badRequest("the request payload is not JSON", "ERR_PAYLOAD"));
       }
       const requestId = requestIdOf(payload);
       try {
@@ -119,7 +124,7 @@ export class KmsCore {
         const handler = await route(this.services, target, request.method);
         const result = await handler({ services: this.services, request, identity, target, channel });
         this.observe({ op, status: result.status, form: "jwe" });
-        return encryptCommonMessage(key, channel.uri, { ...result, requestId: request.requestId });
+        return sealCommonMessage(key, channel.uri, { ...result, requestId: request.requestId });
       } catch (e) {
         throw new ChannelReply(e instanceof KmsError ? e : this.internal(e, op), requestId);
       }
@@ -127,7 +132,7 @@ export class KmsCore {
       if (!(e instanceof ChannelReply)) throw e;
       this.observe({ op, status: e.error.status, form: "jwe", reason: e.error.reason });
       const body = { status: e.error.status, reason: e.error.reason, ...(e.requestId !== undefined ? { requestId: e.requestId } : {}) };
-      return encryptCommonMessage(key, channel.uri, body);
+      return sealCommonMessage(key, channel.uri, body);
     }
   }
 

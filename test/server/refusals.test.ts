@@ -48,6 +48,7 @@ describe("refusals (PROTOCOL.md §2-6, §10): status, reason, form, and nothing 
       ["RSA algorithm to an EC key", { alg: "RSA-OAEP", enc: "A256GCM", kid: "kms://kms.example.com" }, /does not match/],
       ["unknown crit", { alg: "ECDH-ES+A256KW", enc: "A256GCM", kid: "kms://kms.example.com", crit: ["x-unknown"], "x-unknown": 1 }, /crit/],
       ["enc other than A256GCM", { alg: "ECDH-ES+A256KW", enc: "A128GCM", kid: "kms://kms.example.com" }, /A256GCM/],
+      ["compression (zip)", { alg: "ECDH-ES+A256KW", enc: "A256GCM", zip: "DEF", kid: "kms://kms.example.com" }, /zip/],
     ])("%s → 400", async (_name, header, reason) => {
       await expectKeyAgreementRefused(kms, fakeJwe(header), 400, reason);
     });
@@ -178,6 +179,7 @@ describe("refusals (PROTOCOL.md §2-6, §10): status, reason, form, and nothing 
       ["alg none", { alg: "none", enc: "A256GCM" }, /none/],
       ["enc other than A256GCM", { alg: "dir", enc: "A128CBC-HS256" }, /A256GCM/],
       ["unknown crit", { alg: "dir", enc: "A256GCM", crit: ["zip2"] }, /crit/],
+      ["compression (zip)", { alg: "dir", enc: "A256GCM", zip: "DEF" }, /zip/],
     ])("a header with %s → common message 400 on that key, without requestId", async (_n, header, reason) => {
       const raw = new RawClient(kms);
       await raw.ecdhe();

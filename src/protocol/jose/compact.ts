@@ -43,6 +43,7 @@ export function checkCommonHeaderRules(header: Readonly<Record<string, unknown>>
   if (typeof alg !== "string") throw badRequest("protected header has no 'alg'", "ERR_ALG");
   if (alg === "none") throw badRequest("'alg: none' is refused", "ERR_ALG");
   if (/^HS\d+$/.test(alg)) throw badRequest(`HMAC algorithm '${alg}' is refused on a public-key object`, "ERR_ALG");
+  if (header.zip !== undefined) throw badRequest("compressed payloads ('zip') are not accepted", "ERR_ZIP");
   if (header.crit !== undefined) {
     // Keyward understands no critical header extension; §2 refuses unknown ones.
     throw badRequest("unknown 'crit' header parameter", "ERR_CRIT");
