@@ -13,7 +13,13 @@ import type {
 } from "../store.js";
 import { sqliteMigrations } from "./migrations.js";
 
-class ReplayDetected extends Error {}
+interface PendingRecord {
+  readonly uri: string;
+  readonly requestId: string;
+  readonly limit: number;
+  resolve?: (outcome: RecordOutcome) => void;
+  reject?: (e: unknown) => void;
+}
 
 interface KeyRow {
   entity: string;
@@ -76,6 +82,7 @@ export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly stmts;
   private readonly transactions;
+  private pendingRecords: Required<PendingRecord>[] = [];
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -119,6 +126,7 @@ export class SqliteStore implements Store {
       deleteChannel: db.prepare("DELETE FROM channels WHERE uri = ?"),
       deleteRequests: db.prepare("DELETE FROM channel_requests WHERE channel_uri = ?"),
       countChannel: db.prepare("UPDATE channels SET message_count = message_count + 1 WHERE uri = ? AND message_count < ?"),
+      deleteRequest: db.prepare("DELETE FROM channel_requests WHERE channel_uri = ? AND request_id = ?"),
       insertRequest: db.prepare("INSERT INTO channel_requests (channel_uri, request_id) VALUES (?, ?) ON CONFLICT DO NOTHING"),
       channelExists: db.prepare("SELECT 1 FROM channels WHERE uri = ?").pluck(),
       expired: db.prepare("SELECT uri FROM channels WHERE expires_at < ?").pluck(),
@@ -156,6 +164,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    if (this.pendingRecords.length > 0) this.flushRecords();
     this.db.close();
   }
 
@@ -210,16 +219,19 @@ export class SqliteStore implements Store {
       this.stmts.deleteRequests.run(uri);
       return this.stmts.deleteChannel.run(uri).changes > 0;
     });
-    const record = this.db.transaction((uri: string, requestId: string, limit: number): RecordOutcome => {
-    // Count first: an exhausted or unknown channel must leave no replay record behind.
-    if (this.stmts.countChannel.run(uri, limit).changes === 0) {
-      return this.stmts.channelExists.get(uri) ? "exhausted" : "unknown";
-    }
-    if (this.stmts.insertRequest.run(uri, requestId).changes === 0) {
-      throw new ReplayDetected(); // rolls the count back
-    }
-    return "recorded";
-    });
+    // Group commit: every replay record asked for in one event-loop turn is written in one
+    // transaction (one WAL append instead of one per request), each with its own outcome.
+    const recordBatch = this.db.transaction((items: readonly PendingRecord[]): RecordOutcome[] =>
+      items.map(({ uri, requestId, limit }): RecordOutcome => {
+        if (this.stmts.insertRequest.run(uri, requestId).changes === 0) return "replay";
+        if (this.stmts.countChannel.run(uri, limit).changes === 0) {
+          // Exhausted or unknown: leave no replay record behind.
+          this.stmts.deleteRequest.run(uri, requestId);
+          return this.stmts.channelExists.get(uri) ? "exhausted" : "unknown";
+        }
+        return "recorded";
+      }),
+    );
     const createChain = this.db.transaction((chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]) => {
       this.stmts.insertChain.run(chain.uri, chain.requester, chain.created.getTime(), 1, genesis.hash);
       this.insertBlock(chain.uri, genesis);
@@ -248,7 +260,7 @@ export class SqliteStore implements Store {
       }
       return removed;
     });
-    return { deleteChannel, record, createChain, append, purge };
+    return { deleteChannel, recordBatch, createChain, append, purge };
   }
 
   private insertBlock(chainUri: string, b: NewBlock): void {
@@ -260,11 +272,20 @@ export class SqliteStore implements Store {
   }
 
   async recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome> {
+    return new Promise<RecordOutcome>((resolve, reject) => {
+      this.pendingRecords.push({ uri, requestId, limit: messageLimit, resolve, reject });
+      if (this.pendingRecords.length === 1) setImmediate(() => this.flushRecords());
+    });
+  }
+
+  private flushRecords(): void {
+    const batch = this.pendingRecords;
+    this.pendingRecords = [];
     try {
-      return this.transactions.record.immediate(uri, requestId, messageLimit);
+      const outcomes = this.transactions.recordBatch.immediate(batch);
+      batch.forEach((item, i) => item.resolve(outcomes[i]!));
     } catch (e) {
-      if (e instanceof ReplayDetected) return "replay";
-      throw e;
+      for (const item of batch) item.reject(e);
     }
   }
 
