@@ -23,6 +23,9 @@ export interface PhaseResult {
   readonly errors: number;
   readonly firstError?: string;
   readonly exhausted: boolean;
+  /** Slowest and fastest whole second of the window (req/s): a wide spread means a noisy run. */
+  readonly perSecondMin: number;
+  readonly perSecondMax: number;
 }
 
 /**
@@ -76,8 +79,12 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseResult> {
   // Replies counted only up to the end of the window actually measured (the supply may have run
   // out while some requests were still in flight).
   let kept = 0;
+  const seconds = new Float64Array(Math.max(1, Math.floor(measuredMs / 1000)));
   for (let i = 0; i < n; i++) {
-    if (completions[i]! <= windowEnd) latencies[kept++] = latencies[i]!;
+    if (completions[i]! > windowEnd) continue;
+    latencies[kept++] = latencies[i]!;
+    const s = Math.floor((completions[i]! - measureFrom) / 1000);
+    if (s < seconds.length) seconds[s]!++;
   }
   n = kept;
   return {
@@ -88,5 +95,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseResult> {
     errors,
     ...(firstError !== undefined ? { firstError } : {}),
     exhausted: exhaustedAt !== Infinity,
+    perSecondMin: Math.min(...seconds),
+    perSecondMax: Math.max(...seconds),
   };
 }

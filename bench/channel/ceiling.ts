@@ -1,0 +1,212 @@
+/**
+ * The crypto-only ceiling of each channel operation: the bare cryptography the server must do per
+ * request, with the library's own primitives, in one process pinned to the server core, no HTTP,
+ * no store. Prints one JSON line: { ping: Ceiling, ecdhe: Ceiling }.
+ *
+ *   ping  = decryptCommonMessage (jose compactDecrypt, dir/A256GCM) + encryptCommonMessage (jose
+ *           CompactEncrypt) of the reply.
+ *   ecdhe = jose compactDecrypt (ECDH-ES+A256KW, A256GCM) with the static key + importEcdhPublicKey
+ *           (client jwk) + generateEphemeralKeyPair + deriveEphemeralKey (ECDH + HKDF) + exportJWK of
+ *           the KMS's public key + StaticKey.sign (ES256) of the reply + SealingKey.seal (AES-256-GCM)
+ *           of K_ephemeral (the barrier).
+ *
+ * Each is run with 1 operation in flight (strictly sequential) and with N in flight (WebCrypto work
+ * goes through libuv's thread pool, which is pinned to the same core; overlap hides the hand-offs).
+ * The ceiling is the better of the two. Each mode is measured over 4 windows of 0.5 s and keeps the
+ * best window: the machine is shared, and load from elsewhere can only make a window slower.
+ *
+ * For information (not a target), the same work done with node:crypto's synchronous one-shot
+ * calls (createCipheriv, diffieHellman, generateKeyPairSync, hkdfSync, sign) instead of WebCrypto
+ * through jose: what the server could gain by moving its hot paths off WebCrypto.
+ */
+import { createCipheriv, createDecipheriv, createHash, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, randomUUID, sign, type KeyObject } from "node:crypto";
+import { CompactEncrypt, compactDecrypt, exportJWK, importJWK } from "jose";
+import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
+import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../src/protocol/jose/ephemeral-key.js";
+import { StaticKey } from "../../src/server/static-key.js";
+import { SealingKey } from "../../src/server/barrier/master-key.js";
+
+export interface CeilingMode {
+  readonly inFlight: number;
+  /** The best of the measured windows (a ceiling: intermittent load from elsewhere only lowers it). */
+  readonly opsPerSec: number;
+  /** Mean over all windows. */
+  readonly meanOpsPerSec: number;
+  /** Mean wall time per operation, per operation in flight, in the best window (ms). */
+  readonly meanMs: number;
+}
+export interface Ceiling {
+  readonly sequential: CeilingMode;
+  readonly concurrent: CeilingMode;
+  readonly opsPerSec: number;
+  /** The same work with node:crypto one-shot calls (information only). */
+  readonly nodeCrypto: CeilingMode;
+}
+export interface CeilingReport {
+  readonly ping: Ceiling;
+  readonly ecdhe: Ceiling;
+  /** CPU this process used, seconds (to tell whether it had its core to itself). */
+  readonly cpuSeconds: number;
+}
+
+const warmupMs = Number(process.env.CEILING_WARMUP_MS ?? 500);
+const measureMs = Number(process.env.CEILING_MEASURE_MS ?? 2000);
+const windows = Number(process.env.CEILING_WINDOWS ?? 4);
+const inFlight = Number(process.env.CEILING_IN_FLIGHT ?? 32);
+const token = process.env.CEILING_TOKEN ?? "x".repeat(700); // the payload carries a bearer token; size matters a little
+
+/** Warm-up, then WINDOWS windows of equal length; each window's rate is kept. */
+async function measure(op: (i: number) => Promise<void>, parallel: number): Promise<CeilingMode> {
+  let i = 0;
+  const loop = async (until: number): Promise<number> => {
+    let n = 0;
+    while (performance.now() < until) {
+      await op(i++);
+      n++;
+    }
+    return n;
+  };
+  const window = async (ms: number): Promise<number> => {
+    const t0 = performance.now();
+    const counts = await Promise.all(Array.from({ length: parallel }, () => loop(t0 + ms)));
+    return counts.reduce((a, b) => a + b, 0) / ((performance.now() - t0) / 1000);
+  };
+  await window(warmupMs);
+  const rates: number[] = [];
+  for (let w = 0; w < windows; w++) rates.push(await window(measureMs / windows));
+  const best = Math.max(...rates);
+  return { inFlight: parallel, opsPerSec: best, meanOpsPerSec: rates.reduce((a, b) => a + b, 0) / rates.length, meanMs: (1000 / best) * parallel };
+}
+
+async function both(op: (i: number) => Promise<void>, alt: (i: number) => void): Promise<Ceiling> {
+  const sequential = await measure(op, 1);
+  const concurrent = await measure(op, inFlight);
+  const nodeCrypto = await measure(async (i) => alt(i), 1);
+  return { sequential, concurrent, opsPerSec: Math.max(sequential.opsPerSec, concurrent.opsPerSec), nodeCrypto };
+}
+
+// ---- node:crypto equivalents (information) ----
+const b64 = (b: Buffer) => b.toString("base64url");
+const unb64 = (s: string) => Buffer.from(s, "base64url");
+
+function gcmOpen(key: Uint8Array, jwe: string): Buffer {
+  const [h, ek, iv, ct, tag] = jwe.split(".");
+  void ek;
+  const d = createDecipheriv("aes-256-gcm", key, unb64(iv!));
+  d.setAAD(Buffer.from(h!, "ascii"));
+  d.setAuthTag(unb64(tag!));
+  return Buffer.concat([d.update(unb64(ct!)), d.final()]);
+}
+
+function dirSeal(key: Uint8Array, kid: string, payload: unknown): string {
+  const h = b64(Buffer.from(JSON.stringify({ alg: "dir", enc: "A256GCM", kid })));
+  const iv = randomBytes(12);
+  const c = createCipheriv("aes-256-gcm", key, iv);
+  c.setAAD(Buffer.from(h, "ascii"));
+  const ct = Buffer.concat([c.update(JSON.stringify(payload), "utf8"), c.final()]);
+  return `${h}..${b64(iv)}.${b64(ct)}.${b64(c.getAuthTag())}`;
+}
+
+/** JWA §4.6.2 Concat KDF, one SHA-256 round (256-bit key), no apu/apv. */
+function concatKdf(z: Buffer, alg: string): Buffer {
+  const u32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(n);
+    return b;
+  };
+  const id = Buffer.from(alg, "ascii");
+  return createHash("sha256").update(Buffer.concat([u32(1), z, u32(id.length), id, u32(0), u32(0), u32(256)])).digest();
+}
+
+function ecdhEsA256kwOpen(jwe: string, staticPrivate: KeyObject): Buffer {
+  const [h, ek, iv, ct, tag] = jwe.split(".");
+  const header = JSON.parse(unb64(h!).toString("utf8")) as { epk: { kty: string; crv: string; x: string; y: string } };
+  const { kty, crv, x, y } = header.epk;
+  const epk = createPublicKey({ key: { kty, crv, x, y }, format: "jwk" });
+  const kek = concatKdf(diffieHellman({ privateKey: staticPrivate, publicKey: epk }), "ECDH-ES+A256KW");
+  const unwrap = createDecipheriv("id-aes256-wrap", kek, Buffer.from("A6A6A6A6A6A6A6A6", "hex"));
+  const cek = Buffer.concat([unwrap.update(unb64(ek!)), unwrap.final()]);
+  const d = createDecipheriv("aes-256-gcm", cek, unb64(iv!));
+  d.setAAD(Buffer.from(h!, "ascii"));
+  d.setAuthTag(unb64(tag!));
+  return Buffer.concat([d.update(unb64(ct!)), d.final()]);
+}
+
+function es256Compact(payload: unknown, kid: string, key: KeyObject): string {
+  const input = `${b64(Buffer.from(JSON.stringify({ alg: "ES256", kid })))}.${b64(Buffer.from(JSON.stringify(payload)))}`;
+  return `${input}.${b64(sign("sha256", Buffer.from(input), { key, dsaEncoding: "ieee-p1363" }))}`;
+}
+
+async function pingCeiling(): Promise<Ceiling> {
+  const key = new Uint8Array(randomBytes(32));
+  const kid = `kms://localhost/ecdhe/${randomUUID()}`;
+  // Distinct requests (different requestIds and IVs), decrypted over and over: decryption is pure.
+  const requests = await Promise.all(
+    Array.from({ length: 256 }, (_, i) =>
+      encryptCommonMessage(key, kid, { client: { clientId: "keyward-bench", credential: { bearer: token } }, method: "update", uri: "/ping", requestId: `r${i}` }),
+    ),
+  );
+  return both(
+    async (i) => {
+      const { payload } = await decryptCommonMessage(key, requests[i % requests.length]!);
+      await encryptCommonMessage(key, kid, { status: 200, requestId: (payload as { requestId: string }).requestId });
+    },
+    (i) => {
+      const payload = JSON.parse(gcmOpen(key, requests[i % requests.length]!).toString("utf8")) as { requestId: string };
+      dirSeal(key, kid, { status: 200, requestId: payload.requestId });
+    },
+  );
+}
+
+async function ecdheCeiling(): Promise<Ceiling> {
+  const authority = "localhost";
+  const staticKid = `kms://${authority}`;
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const staticKey = await StaticKey.fromPkcs8(new Uint8Array(privateKey.export({ format: "der", type: "pkcs8" })), staticKid, []);
+  const { x5c: _x5c, ...publicJwk } = staticKey.publicJwk;
+  const encryptTo = await importJWK(publicJwk, "ECDH-ES+A256KW");
+  const decryptWith = await staticKey.keyFor("ECDH-ES+A256KW");
+  const barrier = new SealingKey(randomBytes(32));
+  const requests = await Promise.all(
+    Array.from({ length: 256 }, async (_, i) => {
+      const pair = await generateEphemeralKeyPair();
+      const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+      const payload = { client: { clientId: "keyward-bench", credential: { bearer: token } }, method: "create", uri: "/ecdhe", requestId: `e${i}`, jwk: { kty, crv, x, y } };
+      return new CompactEncrypt(new TextEncoder().encode(JSON.stringify(payload)))
+        .setProtectedHeader({ alg: "ECDH-ES+A256KW", enc: "A256GCM", kid: staticKid })
+        .encrypt(encryptTo);
+    }),
+  );
+  const reply = (requestId: string, uri: string, jwk: unknown) => {
+    const key = { uri, jwk, userId: "alice@example.com", clientId: "keyward-bench", createDate: "2025-01-01T00:00:00Z", expirationDate: "2025-01-01T01:00:00Z" };
+    return { status: 201, requestId, key, "ephemeral-key": key };
+  };
+  return both(async (i) => {
+    const { plaintext } = await compactDecrypt(requests[i % requests.length]!, decryptWith, {
+      keyManagementAlgorithms: ["ECDH-ES+A256KW"],
+      contentEncryptionAlgorithms: ["A256GCM"],
+    });
+    const request = JSON.parse(new TextDecoder().decode(plaintext)) as { requestId: string; jwk: unknown };
+    const clientKey = await importEcdhPublicKey(request.jwk);
+    const pair = await generateEphemeralKeyPair();
+    const kEphemeral = await deriveEphemeralKey(pair.privateKey, clientKey);
+    const uri = `kms://${authority}/ecdhe/${randomUUID()}`;
+    barrier.seal(`ecdhe:${uri}`, kEphemeral);
+    const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+    await staticKey.sign(reply(request.requestId, uri, { kty, crv, x, y }));
+  }, (i) => {
+    const request = JSON.parse(ecdhEsA256kwOpen(requests[i % requests.length]!, privateKey).toString("utf8")) as { requestId: string; jwk: { kty: string; crv: string; x: string; y: string } };
+    const { kty, crv, x, y } = request.jwk;
+    const clientKey = createPublicKey({ key: { kty, crv, x, y }, format: "jwk" });
+    const pair = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const kEphemeral = hkdfSync("sha256", diffieHellman({ privateKey: pair.privateKey, publicKey: clientKey }), new Uint8Array(0), new Uint8Array(0), 32);
+    const uri = `kms://${authority}/ecdhe/${randomUUID()}`;
+    barrier.seal(`ecdhe:${uri}`, new Uint8Array(kEphemeral));
+    const jwk = pair.publicKey.export({ format: "jwk" });
+    es256Compact(reply(request.requestId, uri, { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y }), staticKid, privateKey);
+  });
+}
+
+const report: CeilingReport = { ping: await pingCeiling(), ecdhe: await ecdheCeiling(), cpuSeconds: 0 };
+const cpu = process.cpuUsage();
+console.log(JSON.stringify({ ...report, cpuSeconds: (cpu.user + cpu.system) / 1e6 }));
