@@ -19,6 +19,7 @@ export {
   ChainVerificationError,
   signatureAlgorithmsFor,
   verifyAppendedBlockSignature,
+  type SignatureVerifier,
   verifyChain,
   type ChainErrorCode,
   type VerifiedChain,

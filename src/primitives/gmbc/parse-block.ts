@@ -21,6 +21,8 @@ export interface ParseBlockOptions {
    * curator's URI as its entity. The KMS's append handler uses this; chain verification does not.
    */
   deferOperationChecks?: boolean;
+  /** The block-hash function (default: `blockHash`, WebCrypto); the KMS passes node:crypto's. */
+  hash?: (jws: string) => string | Promise<string>;
 }
 
 const B64URL = /^[A-Za-z0-9_-]+$/;
@@ -84,7 +86,7 @@ export async function parseBlock(jws: string, opts: ParseBlockOptions): Promise<
   const parsedPayload = genesis ? parseGenesis(payload, opts) : parseAppended(payload, opts);
   return {
     jws,
-    hash: await blockHash(jws),
+    hash: await (opts.hash ?? blockHash)(jws),
     header: kid === undefined ? { alg } : { alg, kid: kid as string },
     payload: parsedPayload,
     genesis,

@@ -92,6 +92,13 @@ function publicMembers(jwk: JWK): JWK {
   return jwk.kty === "RSA" ? { kty: "RSA", n: jwk.n, e: jwk.e } : { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y };
 }
 
+/**
+ * Whether a compact JWS verifies with a public JWK under `alg` (already checked to fit the key's
+ * type); never throws. The default uses jose (WebCrypto); the KMS passes one on node:crypto with
+ * cached keys, as it verifies every appended block on its hot path.
+ */
+export type SignatureVerifier = (jws: string, jwk: JWK, alg: string) => Promise<boolean>;
+
 /** Whether `jws` verifies with `jwk` under `alg` (which must fit the key's type); never throws. */
 async function verifiesWith(jws: string, jwk: JWK, alg: string): Promise<boolean> {
   if (!signatureAlgorithmsFor(jwk).includes(alg)) return false;
@@ -117,7 +124,11 @@ async function verifiesWith(jws: string, jwk: JWK, alg: string): Promise<boolean
  * const key = await verifyAppendedBlockSignature(block, await keysOf(block.payload.creator));
  * key.kid // "alice-laptop"
  */
-export async function verifyAppendedBlockSignature(block: ParsedBlock, keys: readonly JWK[]): Promise<JWK> {
+export async function verifyAppendedBlockSignature(
+  block: ParsedBlock,
+  keys: readonly JWK[],
+  verify: SignatureVerifier = verifiesWith,
+): Promise<JWK> {
   const creator = block.payload.creator;
   const { alg, kid } = block.header;
   const refuse = (why?: string) =>
@@ -134,7 +145,7 @@ export async function verifyAppendedBlockSignature(block: ParsedBlock, keys: rea
     if (candidates.length === 0) throw refuse(`${creator} has no registered key for alg '${alg}'`);
   }
   for (const candidate of candidates) {
-    if (await verifiesWith(block.jws, candidate, alg)) return candidate;
+    if (await verify(block.jws, candidate, alg)) return candidate;
   }
   throw refuse();
 }

@@ -6,6 +6,7 @@ import { kmsUri } from "../../protocol/uri.js";
 import type { MembershipChange, NewBlock } from "../../store/store.js";
 import type { Handler } from "../context.js";
 import { chainUriOf } from "./gmbc-get.js";
+import { blockHashSync, verifyBlockSignature } from "../gmbc/node-crypto.js";
 
 /**
  * `create <chain uri>` with `blocks` (§8 Append): every check, all or nothing, in the profile's
@@ -29,7 +30,7 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
   const blocks: ParsedBlock[] = [];
   for (const [i, jws] of input.entries()) {
     if (typeof jws !== "string") throw badRequest(`blocks[${i}] must be a JWS compact string`, "ERR_BLOCK");
-    const block = await parseBlock(jws, { maxOperations: settings.maxOperationsPerBlock, curator, deferOperationChecks: true }).catch((e: Error & { reason?: string }) => {
+    const block = await parseBlock(jws, { maxOperations: settings.maxOperationsPerBlock, curator, deferOperationChecks: true, hash: blockHashSync }).catch((e: Error & { reason?: string }) => {
       throw badRequest(`blocks[${i}]: ${e.reason ?? e.message}`, "ERR_BLOCK");
     });
     if (block.genesis) throw badRequest(`blocks[${i}] is a genesis block; only appended blocks can be appended`, "ERR_BLOCK");
@@ -44,7 +45,7 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
   for (const [i, b] of blocks.entries()) {
     const creator = (b.payload as AppendedPayload).creator;
     const keys = (await store.listEntityKeys(creator)).map((k) => k.jwk);
-    await verifyAppendedBlockSignature(b, keys as never).catch((e: Error & { reason?: string }) => {
+    await verifyAppendedBlockSignature(b, keys as never, verifyBlockSignature).catch((e: Error & { reason?: string }) => {
       throw badRequest(`blocks[${i}]: ${e.reason ?? e.message}`, "ERR_BLOCK_SIGNATURE");
     });
     if (i > 0 && (b.payload as AppendedPayload).antecedent !== blocks[i - 1]!.hash) {

@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto";
-import { blockHash } from "../../primitives/block-hash.js";
 import { parseGenesisOperations } from "../../primitives/gmbc/parse-block.js";
 import { badRequest } from "../../protocol/errors.js";
 import { isObject } from "../../protocol/messages.js";
 import { kmsUri, objectUri } from "../../protocol/uri.js";
 import type { Handler } from "../context.js";
 import { rfc3339 } from "../key-agreement.js";
+import { blockHashSync } from "../gmbc/node-crypto.js";
 
 /**
  * `create /blocks` with `blockPayload` (§8 Genesis): the KMS builds, signs and stores the genesis
@@ -22,7 +22,7 @@ export const createChain: Handler = async ({ services, request, identity }) => {
   const uri = objectUri(settings.authority, "blocks", randomUUID());
   // Exactly the six members of §8, in this order.
   const jws = await staticKey.sign({ uri, nonce: randomUUID(), curator: kms, creator: kms, created, operations });
-  const hash = await blockHash(jws);
+  const hash = blockHashSync(jws);
   await store.createChain(
     { uri, requester: identity.entity, created: now },
     { position: 0, hash, jws, creator: kms, created: new Date(created) },
