@@ -1,5 +1,5 @@
-import { randomUUID } from "node:crypto";
-import { calculateJwkThumbprint, compactDecrypt, exportJWK, type JWK } from "jose";
+import { createHash, createPublicKey, randomUUID } from "node:crypto";
+import { compactDecrypt, exportJWK, type JWK } from "jose";
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
@@ -72,7 +72,7 @@ export async function createEphemeralKey(services: CoreServices, message: string
     if (request.method !== "create") throw methodNotAllowed(`'${request.method}' is not supported on /ecdhe`);
     const clientKey = await importEcdhPublicKey(request.jwk, "jwk");
     const clientJwk = request.jwk as JWK;
-    const clientKeyThumbprint = await calculateJwkThumbprint({ kty: "EC", crv: "P-256", x: clientJwk.x!, y: clientJwk.y! });
+    const clientKeyThumbprint = jwkThumbprintEcP256(clientJwk.x!, clientJwk.y!);
 
     const pair = await generateEphemeralKeyPair();
     const kEphemeral = await deriveEphemeralKey(pair.privateKey, clientKey);
@@ -129,11 +129,21 @@ function checkStaticHeader(header: Readonly<Record<string, unknown>>, allowed: r
 /** Validates a JWE `epk` before any ECDH with the static key: the invalid-curve attack (§2). */
 async function checkEphemeralPublicKey(header: Readonly<Record<string, unknown>>): Promise<void> {
   if (header.epk === undefined) return;
-  try {
-    await importEcdhPublicKey(header.epk, "epk");
-  } catch (e) {
-    throw new KeyAgreementError(e as KmsError);
+  const { kty, crv, x, y } = (typeof header.epk === "object" && header.epk !== null ? header.epk : {}) as Record<string, unknown>;
+  if (kty !== "EC" || crv !== "P-256" || typeof x !== "string" || typeof y !== "string") {
+    throw new KeyAgreementError(badRequest("header 'epk' must be an EC P-256 public key", "ERR_FIELD"));
   }
+  try {
+    // node:crypto refuses a point that is not on the curve (OpenSSL checks it on import).
+    createPublicKey({ key: { kty, crv, x, y }, format: "jwk" });
+  } catch {
+    throw new KeyAgreementError(badRequest("header 'epk' is not a valid point on P-256", "ERR_INVALID_POINT"));
+  }
+}
+
+/** RFC 7638 thumbprint of an EC P-256 public key (members in lexicographic order, no spaces). */
+function jwkThumbprintEcP256(x: string, y: string): string {
+  return createHash("sha256").update(`{"crv":"P-256","kty":"EC","x":"${x}","y":"${y}"}`).digest("base64url");
 }
 
 export function rfc3339(d: Date): string {
