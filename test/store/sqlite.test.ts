@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { SqliteStore } from "../../src/store/sqlite/sqlite-store.js";
 import type { RecordOutcome } from "../../src/store/store.js";
 import { makeChannel, storeContract } from "./contract.js";
+import { groupStoreContract } from "./contract-groups.js";
 
 const REPO_ROOT = resolve(import.meta.dirname, "../..");
 const WORKER = join(REPO_ROOT, "test/store/record-worker.ts");
@@ -24,6 +25,7 @@ async function removeDirs(): Promise<void> {
 storeContract("sqlite (file)", async () => new SqliteStore(freshDbPath()), removeDirs);
 // ... and the in-memory database.
 storeContract("sqlite (:memory:)", async () => new SqliteStore(":memory:"));
+groupStoreContract("sqlite (file)", async () => new SqliteStore(freshDbPath()), removeDirs);
 
 describe("SqliteStore: one file, several connections", () => {
   afterEach(removeDirs);

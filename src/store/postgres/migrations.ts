@@ -1,0 +1,118 @@
+/**
+ * Versioned PostgreSQL schema migrations, applied in order, each once (table schema_migrations),
+ * under an advisory lock (src/store/postgres/postgres-store.ts). The logical schema and the version
+ * numbers are those of the SQLite store (src/store/sqlite/migrations.ts); a migration is never
+ * edited after release: a change is a new migration.
+ *
+ * Types: epoch-millisecond timestamps are BIGINT; counts and chain positions INTEGER; every text
+ * key is COLLATE "C", so that ordering and uniqueness are by bytes, as in SQLite, whatever the
+ * database's default collation (and B-tree comparisons are plain memcmp).
+ */
+export const postgresMigrations: readonly { version: number; name: string; sql: string }[] = [
+  {
+    version: 1,
+    name: "keyring and secure channels",
+    sql: `
+      CREATE TABLE keyring (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        sealed TEXT NOT NULL
+      );
+      CREATE TABLE channels (
+        uri TEXT COLLATE "C" PRIMARY KEY,
+        entity TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        credential_kind TEXT NOT NULL,
+        credential_thumbprint TEXT,
+        client_key_thumbprint TEXT COLLATE "C" NOT NULL UNIQUE,
+        sealed_key TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        message_count INTEGER NOT NULL DEFAULT 0
+      );
+      CREATE INDEX channels_expires_at ON channels (expires_at);
+      CREATE TABLE channel_requests (
+        channel_uri TEXT COLLATE "C" NOT NULL,
+        request_id TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (channel_uri, request_id)
+      );
+      -- recordChannelMessage in one round trip with the SQLite store's exact semantics: record the
+      -- requestId (a concurrent insert of the same one waits for its transaction, then conflicts),
+      -- count the message under the limit, and take the record back when it cannot be counted.
+      -- Each statement of a volatile PL/pgSQL function sees the latest committed data (READ
+      -- COMMITTED), and the whole call is one transaction.
+      CREATE FUNCTION keyward_record_channel_message(p_uri TEXT, p_request_id TEXT, p_limit BIGINT)
+      RETURNS TEXT LANGUAGE plpgsql VOLATILE AS $$
+      BEGIN
+        INSERT INTO channel_requests (channel_uri, request_id) VALUES (p_uri, p_request_id) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+          RETURN 'replay';
+        END IF;
+        UPDATE channels SET message_count = message_count + 1 WHERE uri = p_uri AND message_count < p_limit;
+        IF FOUND THEN
+          RETURN 'recorded';
+        END IF;
+        -- Exhausted or unknown: leave no replay record behind.
+        DELETE FROM channel_requests WHERE channel_uri = p_uri AND request_id = p_request_id;
+        IF EXISTS (SELECT 1 FROM channels WHERE uri = p_uri) THEN
+          RETURN 'exhausted';
+        END IF;
+        RETURN 'unknown';
+      END
+      $$;
+    `,
+  },
+  {
+    version: 2,
+    name: "entity keys, chains, blocks and the membership index",
+    sql: `
+      CREATE TABLE entity_keys (
+        entity TEXT COLLATE "C" NOT NULL,
+        kid TEXT COLLATE "C" NOT NULL,
+        jwk TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT,
+        PRIMARY KEY (entity, kid)
+      );
+      CREATE TABLE chains (
+        uri TEXT COLLATE "C" PRIMARY KEY,
+        requester TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        length INTEGER NOT NULL,
+        tail_hash TEXT NOT NULL
+      );
+      CREATE TABLE blocks (
+        chain_uri TEXT COLLATE "C" NOT NULL,
+        position INTEGER NOT NULL,
+        hash TEXT COLLATE "C" NOT NULL UNIQUE,
+        jws TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (chain_uri, position)
+      );
+      -- One row per membership interval: the entity is a member from block start_pos (its add
+      -- applied) until block end_pos (its remove applied), end_pos NULL while still a member.
+      CREATE TABLE memberships (
+        chain_uri TEXT COLLATE "C" NOT NULL,
+        entity TEXT COLLATE "C" NOT NULL,
+        start_pos INTEGER NOT NULL,
+        end_pos INTEGER,
+        PRIMARY KEY (chain_uri, entity, start_pos)
+      );
+    `,
+  },
+  {
+    version: 3,
+    name: "group keys",
+    sql: `
+      CREATE TABLE gks (
+        uri TEXT COLLATE "C" PRIMARY KEY,
+        requester TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        sealed_key TEXT NOT NULL,
+        block_hash TEXT,
+        chain_uri TEXT,
+        block_position INTEGER
+      );
+    `,
+  },
+];
