@@ -5,9 +5,11 @@ import { DEFAULT_DEV_IDP_LISTEN, loadConfig, parseListen } from "../config/confi
 import { devIdpIssuer, issueDevToken, startDevIdp } from "../identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../server/data-dir.js";
 import { serveDataDir } from "../server/start.js";
+import { serveWorkers } from "../server/cluster.js";
 import { KmsClient } from "../client/index.js";
 import { registerGroupCommands, resolveConnection } from "./group.js";
 import { registerCryptCommands } from "./crypt.js";
+import { registerMigrateCommand } from "./migrate.js";
 
 /** The `keyward` command line. Each command is a thin shell over a library function. */
 const program = new Command("keyward").description("Keyward: a key management service for end-to-end encrypted groups").showHelpAfterError();
@@ -32,10 +34,12 @@ program
   .command("serve")
   .description("serve the KMS of a data directory")
   .requiredOption("--dir <dir>", "the data directory")
-  .action(async (o: { dir: string }) => {
-    const { kms, url, config } = await serveDataDir(resolve(o.dir));
-    console.log(`keyward: KMS kms://${config.authority} listening on ${url}`);
-    onSignal(() => kms.close());
+  .option("--workers <n>", "worker processes (default: KEYWARD_WORKERS or config `workers`, else one per CPU); 1 serves in this process")
+  .action(async (o: { dir: string; workers?: string }) => {
+    if (o.workers !== undefined && !/^[1-9]\d{0,3}$/.test(o.workers)) throw new Error(`--workers must be a positive integer (got ${JSON.stringify(o.workers)})`);
+    // Prints `keyward: KMS kms://<authority> listening on <url> (N workers)` once every worker listens.
+    const served = await serveWorkers(resolve(o.dir), o.workers === undefined ? undefined : Number(o.workers));
+    onSignal(() => served.close());
   });
 
 program
@@ -111,6 +115,7 @@ program
 
 registerGroupCommands(program);
 registerCryptCommands(program);
+registerMigrateCommand(program);
 
 function onSignal(stop: () => Promise<void>): void {
   const handler = () => {
