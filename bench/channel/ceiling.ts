@@ -3,8 +3,8 @@
  * request, with the library's own primitives, in one process pinned to the server core, no HTTP,
  * no store. Prints one JSON line: { ping: Ceiling, ecdhe: Ceiling }.
  *
- *   ping  = decryptCommonMessage (jose compactDecrypt, dir/A256GCM) + encryptCommonMessage (jose
- *           CompactEncrypt) of the reply.
+ *   ping  = openCommonMessage + sealCommonMessage of the reply (src/server/channel-codec.ts: the
+ *           node:crypto dir/A256GCM codec the server runs on every channel request).
  *   ecdhe = jose compactDecrypt (ECDH-ES+A256KW, A256GCM) with the static key + importEcdhPublicKey
  *           (client jwk) + generateEphemeralKeyPair + deriveEphemeralKey (ECDH + HKDF) + exportJWK of
  *           the KMS's public key + StaticKey.sign (ES256) of the reply + SealingKey.seal (AES-256-GCM)
@@ -21,7 +21,8 @@
  */
 import { createCipheriv, createDecipheriv, createHash, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, randomUUID, sign, type KeyObject } from "node:crypto";
 import { CompactEncrypt, compactDecrypt, exportJWK, importJWK } from "jose";
-import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
+import { encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
+import { openCommonMessage, sealCommonMessage } from "../../src/server/channel-codec.js";
 import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../src/protocol/jose/ephemeral-key.js";
 import { StaticKey } from "../../src/server/static-key.js";
 import { SealingKey } from "../../src/server/barrier/master-key.js";
@@ -148,8 +149,8 @@ async function pingCeiling(): Promise<Ceiling> {
   );
   return both(
     async (i) => {
-      const { payload } = await decryptCommonMessage(key, requests[i % requests.length]!);
-      await encryptCommonMessage(key, kid, { status: 200, requestId: (payload as { requestId: string }).requestId });
+      const payload = JSON.parse(openCommonMessage(key, requests[i % requests.length]!).toString("utf8")) as { requestId: string };
+      sealCommonMessage(key, kid, { status: 200, requestId: payload.requestId });
     },
     (i) => {
       const payload = JSON.parse(gcmOpen(key, requests[i % requests.length]!).toString("utf8")) as { requestId: string };

@@ -3,10 +3,11 @@
  * bare cryptography the server must do per request, with the library's own primitives, in one
  * process pinned to the server core, no HTTP, no store:
  *
- *   decryptCommonMessage (jose compactDecrypt, dir/A256GCM) of the request
- *   + blockHash (SHA-256, WebCrypto) of the block
- *   + compactVerify ES256 of the block with alice's public key (imported once)
- *   + encryptCommonMessage of the reply {status, requestId, tail}.
+ *   openCommonMessage of the request (src/server/channel-codec.ts, node:crypto)
+ *   + blockHashSync (SHA-256, node:crypto) of the block
+ *   + verifyBlockSignature ES256 (src/server/gmbc/node-crypto.ts, node:crypto, key cached)
+ *   + sealCommonMessage of the reply {status, requestId, tail}:
+ * exactly the primitives the server's append handler runs.
  *
  * Run with 1 operation in flight and with N in flight (WebCrypto work goes through libuv's thread
  * pool, pinned to the same core); the ceiling is the better of the two. Each mode is measured over
@@ -18,6 +19,8 @@
 import { createCipheriv, createDecipheriv, createHash, createPublicKey, randomBytes, randomUUID, verify } from "node:crypto";
 import { compactVerify, importJWK } from "jose";
 import { blockHash } from "../../src/primitives/block-hash.js";
+import { openCommonMessage, sealCommonMessage } from "../../src/server/channel-codec.js";
+import { blockHashSync, verifyBlockSignature } from "../../src/server/gmbc/node-crypto.js";
 import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
 import { ALICE, ChainSigner, DOMAIN, newMemberKey, type SignedBlock } from "./blocks.js";
 
@@ -108,13 +111,12 @@ const check = (hash: string, i: number) => {
 };
 
 const append = await both(async (i) => {
-  const { payload } = await decryptCommonMessage(channelKey, requests[i % COUNT]!);
-  const req = payload as AppendRequest;
+  const req = JSON.parse(openCommonMessage(channelKey, requests[i % COUNT]!).toString("utf8")) as AppendRequest;
   const jws = req.blocks[0]!;
-  const hash = await blockHash(jws);
-  await compactVerify(jws, publicKey, { algorithms: ["ES256"] });
+  const hash = blockHashSync(jws);
+  if (!(await verifyBlockSignature(jws, alice.publicJwk, "ES256"))) throw new Error("signature");
   check(hash, i);
-  await encryptCommonMessage(channelKey, kid, { status: 200, requestId: req.requestId, tail: hash });
+  sealCommonMessage(channelKey, kid, { status: 200, requestId: req.requestId, tail: hash });
 });
 
 const appendImportEachTime = await both(async (i) => {

@@ -291,7 +291,7 @@ async function main(): Promise<void> {
     }
     if (ceiling) {
       const c = ceiling;
-      rows.push([`crypto-only ceiling (core 0): decrypt + SHA-256 + ES256 verify + encrypt`, fmt(c.append.opsPerSec), "–", "–", ms(1000 / c.append.opsPerSec), "best 0.5 s", "100%", "–", `${pct(c.otherCpu0)} / –`, "–"]);
+      rows.push([`crypto-only ceiling (core 0, the server's primitives): open + SHA-256 + ES256 verify + seal`, fmt(c.append.opsPerSec), "–", "–", ms(1000 / c.append.opsPerSec), "best 0.5 s", "100%", "–", `${pct(c.otherCpu0)} / –`, "–"]);
       if (c.otherCpu0 > 0.1) noisy.push("ceiling");
     }
     sections.push(table(rows));

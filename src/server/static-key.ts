@@ -1,5 +1,5 @@
-import { CompactSign, importPKCS8, exportJWK, type JWK } from "jose";
-import { createPrivateKey, createPublicKey } from "node:crypto";
+import { importPKCS8, exportJWK, type JWK } from "jose";
+import { constants, createPrivateKey, createPublicKey, sign, type KeyObject } from "node:crypto";
 import { STATIC_KEY_ALGORITHMS, STATIC_SIGNING_ALGORITHM } from "../protocol/constants.js";
 
 export type StaticKeyType = "EC" | "RSA";
@@ -21,6 +21,7 @@ export class StaticKey {
     readonly type: StaticKeyType,
     readonly publicJwk: JWK,
     private readonly pkcs8Pem: string,
+    private readonly signingKey: KeyObject,
   ) {}
 
   static async fromPkcs8(pkcs8Der: Uint8Array, kid: string, x5c: string[]): Promise<StaticKey> {
@@ -36,7 +37,7 @@ export class StaticKey {
     const pub = await exportJWK(createPublicKey(keyObject));
     const publicJwk: JWK = { ...pub, kid, x5c };
     const pem = keyObject.export({ format: "pem", type: "pkcs8" }).toString();
-    return new StaticKey(kid, type, publicJwk, pem);
+    return new StaticKey(kid, type, publicJwk, pem, keyObject);
   }
 
   /** The key-management algorithms a request to this key may use (§2). */
@@ -58,12 +59,23 @@ export class StaticKey {
     return key;
   }
 
-  /** Signs a JSON payload as a compact JWS with header `{alg, kid}`. */
+  /**
+   * Signs a JSON payload as a compact JWS with header `{alg, kid}` (ES256 or RS256). On node:crypto
+   * with the key object held once: every ECDHE reply, JWS error, genesis block and GK is signed
+   * here, and jose's WebCrypto path cost twice as much per signature (bench/RESULTS.md).
+   * test/server/static-key.test.ts checks that jose verifies what this signs.
+   */
   async sign(payload: unknown): Promise<string> {
-    const alg = this.signingAlgorithm;
-    return new CompactSign(new TextEncoder().encode(JSON.stringify(payload)))
-      .setProtectedHeader({ alg, kid: this.kid })
-      .sign(await this.keyFor(alg));
+    const input = `${this.protectedHeader}.${Buffer.from(JSON.stringify(payload)).toString("base64url")}`;
+    const signature =
+      this.type === "EC"
+        ? sign("sha256", Buffer.from(input, "ascii"), { key: this.signingKey, dsaEncoding: "ieee-p1363" })
+        : sign("sha256", Buffer.from(input, "ascii"), { key: this.signingKey, padding: constants.RSA_PKCS1_PADDING });
+    return `${input}.${signature.toString("base64url")}`;
+  }
+
+  private get protectedHeader(): string {
+    return Buffer.from(JSON.stringify({ alg: this.signingAlgorithm, kid: this.kid })).toString("base64url");
   }
 }
 

@@ -1,5 +1,7 @@
-import { base64url, GeneralEncrypt, importJWK, type GeneralJWE, type JWK } from "jose";
+import { constants, createCipheriv, createHash, diffieHellman, generateKeyPairSync, publicEncrypt, randomBytes } from "node:crypto";
+import type { GeneralJWE, JWK } from "jose";
 import { CONTENT_ENCRYPTION } from "../../protocol/constants.js";
+import { publicKeyOf } from "../public-key-cache.js";
 
 /** How a GK is wrapped to one device key: EC P-256 → ECDH-ES+A256KW; RSA → RSA-OAEP-256 unless the key asks for RSA-OAEP. */
 export function wrapAlgorithmFor(jwk: JWK): "ECDH-ES+A256KW" | "RSA-OAEP" | "RSA-OAEP-256" {
@@ -7,22 +9,68 @@ export function wrapAlgorithmFor(jwk: JWK): "ECDH-ES+A256KW" | "RSA-OAEP" | "RSA
   return jwk.alg === "RSA-OAEP" ? "RSA-OAEP" : "RSA-OAEP-256";
 }
 
+const b64u = (b: Uint8Array | string) => Buffer.from(b).toString("base64url");
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+const lengthPrefixed = (b: Buffer) => Buffer.concat([u32(b.length), b]);
+/** RFC 7518 §4.6.2 OtherInfo for ECDH-ES+A256KW: AlgorithmID, empty PartyUInfo/PartyVInfo, 256 bits. */
+const OTHER_INFO = Buffer.concat([lengthPrefixed(Buffer.from("ECDH-ES+A256KW")), lengthPrefixed(Buffer.alloc(0)), lengthPrefixed(Buffer.alloc(0)), u32(256)]);
+/** RFC 3394's default initial value, which node's id-aes256-wrap wants given explicitly. */
+const AES_KW_IV = Buffer.from("A6A6A6A6A6A6A6A6", "hex");
+const PROTECTED = b64u(JSON.stringify({ enc: CONTENT_ENCRYPTION }));
+
+/** The CEK encrypted to one device key, with the recipient header (RFC 7516 General JSON). */
+function wrapCek(cek: Buffer, jwk: JWK): { header: Record<string, unknown>; encrypted_key: string } {
+  const key = publicKeyOf(jwk);
+  if (!key) throw new Error(`registered key '${jwk.kid}' does not import`);
+  const alg = wrapAlgorithmFor(jwk);
+  if (alg === "ECDH-ES+A256KW") {
+    const ephemeral = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    const z = diffieHellman({ privateKey: ephemeral.privateKey, publicKey: key });
+    // Concat KDF (NIST SP 800-56A), one SHA-256 round gives the 256-bit key-encryption key.
+    const kek = createHash("sha256").update(u32(1)).update(z).update(OTHER_INFO).digest();
+    const kw = createCipheriv("id-aes256-wrap", kek, AES_KW_IV);
+    const encryptedKey = Buffer.concat([kw.update(cek), kw.final()]);
+    const { kty, crv, x, y } = ephemeral.publicKey.export({ format: "jwk" });
+    return { header: { alg, kid: jwk.kid, epk: { kty, crv, x, y } }, encrypted_key: b64u(encryptedKey) };
+  }
+  const encryptedKey = publicEncrypt(
+    { key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === "RSA-OAEP" ? "sha1" : "sha256" },
+    cek,
+  );
+  return { header: { alg, kid: jwk.kid }, encrypted_key: b64u(encryptedKey) };
+}
+
 /**
  * Wraps a GK's 256-bit key to every device key of an entity (§9): a JWE General JSON
- * Serialization (an object), one recipient per key (header `alg` and `kid`), whose plaintext is
+ * Serialization (an object), one recipient per key (header `alg`, `kid`, and `epk` for ECDH),
+ * protected header `{"enc":"A256GCM"}`, whose plaintext is
  * `{"kty": "oct", "alg": "A256GCM", "kid": <gk uri>, "k": ...}`.
  *
+ * On node:crypto rather than jose: this is most of the work of every GK create and get, and
+ * WebCrypto's per-call imports and async jobs tripled it (bench/RESULTS.md). Clients open it with
+ * jose (test/server/gk.test.ts unwraps every recipient with `generalDecrypt`).
+ *
  * @example
- * const key = await wrapGroupKey(keyBytes, "kms://kms.example.com/gks/1", [aliceLaptopJwk, alicePhoneJwk]);
+ * const key = wrapGroupKey(keyBytes, "kms://kms.example.com/gks/1", [aliceLaptopJwk, alicePhoneJwk]);
  */
-export async function wrapGroupKey(keyBytes: Uint8Array, gkUri: string, recipients: readonly JWK[]): Promise<GeneralJWE> {
-  const plaintext = new TextEncoder().encode(JSON.stringify({ kty: "oct", alg: CONTENT_ENCRYPTION, kid: gkUri, k: base64url.encode(keyBytes) }));
-  const jwe = new GeneralEncrypt(plaintext).setProtectedHeader({ enc: CONTENT_ENCRYPTION });
-  for (const jwk of recipients) {
-    const alg = wrapAlgorithmFor(jwk);
-    const { kty, crv, x, y, n, e } = jwk;
-    const publicOnly = kty === "EC" ? { kty, crv, x, y } : { kty, n, e };
-    jwe.addRecipient(await importJWK(publicOnly as JWK, alg)).setUnprotectedHeader({ alg, kid: jwk.kid! });
-  }
-  return jwe.encrypt();
+export function wrapGroupKey(keyBytes: Uint8Array, gkUri: string, recipients: readonly JWK[]): GeneralJWE {
+  const cek = randomBytes(32);
+  const iv = randomBytes(12);
+  const gcm = createCipheriv("aes-256-gcm", cek, iv);
+  gcm.setAAD(Buffer.from(PROTECTED, "ascii"));
+  const plaintext = JSON.stringify({ kty: "oct", alg: CONTENT_ENCRYPTION, kid: gkUri, k: b64u(keyBytes) });
+  const ciphertext = Buffer.concat([gcm.update(plaintext, "utf8"), gcm.final()]);
+  const jwe = {
+    protected: PROTECTED,
+    recipients: recipients.map((jwk) => wrapCek(cek, jwk)),
+    iv: b64u(iv),
+    ciphertext: b64u(ciphertext),
+    tag: b64u(gcm.getAuthTag()),
+  };
+  cek.fill(0);
+  return jwe as GeneralJWE;
 }

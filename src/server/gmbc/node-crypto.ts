@@ -1,5 +1,5 @@
-import { constants, createHash, createPublicKey, verify, type KeyObject } from "node:crypto";
-import type { JWK } from "jose";
+import { constants, createHash, verify } from "node:crypto";
+import { publicKeyOf } from "../public-key-cache.js";
 import type { SignatureVerifier } from "../../primitives/gmbc/verify-chain.js";
 
 /**
@@ -13,26 +13,6 @@ import type { SignatureVerifier } from "../../primitives/gmbc/verify-chain.js";
 /** Lower-case hex SHA-256 of the ASCII compact serialization (§1). */
 export function blockHashSync(jws: string): string {
   return createHash("sha256").update(jws, "utf8").digest("hex");
-}
-
-const MAX_CACHED_KEYS = 10_000;
-const keyCache = new Map<string, KeyObject | null>();
-
-/** A public key from a registered JWK, imported once (null when it does not import). */
-function publicKeyOf(jwk: JWK): KeyObject | null {
-  const members = jwk.kty === "RSA" ? { kty: "RSA", n: jwk.n, e: jwk.e } : { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y };
-  const cacheKey = JSON.stringify(members);
-  let key = keyCache.get(cacheKey);
-  if (key === undefined) {
-    try {
-      key = createPublicKey({ key: members as import("node:crypto").JsonWebKey, format: "jwk" });
-    } catch {
-      key = null;
-    }
-    if (keyCache.size >= MAX_CACHED_KEYS) keyCache.delete(keyCache.keys().next().value!);
-    keyCache.set(cacheKey, key);
-  }
-  return key;
 }
 
 /** Verifies ES256, PS256 and RS256 block signatures with node:crypto; never throws. */

@@ -26,7 +26,7 @@ async function signedGk(services: CoreServices, gk: GkRecord, entity: string): P
     throw conflict(`${entity} has no registered key to wrap the group key to: register one with 'create /entities/keys'`, "ERR_NO_ENTITY_KEY");
   }
   const keyBytes = services.barrier.open(`gk:${gk.uri}`, gk.sealedKey);
-  const key = await wrapGroupKey(keyBytes, gk.uri, keys.map((k) => k.jwk));
+  const key = wrapGroupKey(keyBytes, gk.uri, keys.map((k) => k.jwk));
   keyBytes.fill(0);
   return services.staticKey.sign({
     uri: gk.uri,
