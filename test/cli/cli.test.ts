@@ -3,68 +3,15 @@ import * as x509 from "@peculiar/x509";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { CLI_MAIN, cleanEnv, freePort, REPO_ROOT, runCli as runCliAs } from "../helpers/cli.js";
 
 /** The `keyward` CLI run as a user runs it: `node --import tsx src/cli/main.ts ...` from the repo root. */
-const REPO_ROOT = resolve(import.meta.dirname, "../..");
-const MAIN = "src/cli/main.ts";
 const TIMEOUT = 30_000;
-
-/** The test runner's environment without any KEYWARD_* variable (they would change the CLI's behaviour). */
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("KEYWARD_")) env[k] = v;
-  return { ...env, ...extra };
-}
-
-interface CliResult {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Runs the CLI to completion (killed by PID after `timeoutMs`). */
-function runCli(args: string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(REPO_ROOT, MAIN), ...args], {
-      cwd: opts.cwd ?? REPO_ROOT,
-      env: cleanEnv(opts.env),
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      if (child.pid !== undefined) process.kill(child.pid, "SIGKILL");
-    }, opts.timeoutMs ?? TIMEOUT - 5_000);
-    child.once("error", (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.once("close", (code, signal) => {
-      clearTimeout(timer);
-      resolveRun({ code, signal, stdout, stderr });
-    });
-  });
-}
-
-/** A port that was free a moment ago (listen on 0, read it, close). */
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      if (address === null || typeof address === "string") return reject(new Error("no port"));
-      server.close(() => resolvePort(address.port));
-    });
-  });
-}
+const runCli = (args: string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}) =>
+  runCliAs(args, { timeoutMs: TIMEOUT - 5_000, ...opts });
 
 const tempRoots: string[] = [];
 /** A path inside a fresh temp directory that does not exist yet (init creates it). */
@@ -246,7 +193,7 @@ describe("keyward dev, token, ping", () => {
       KEYWARD_OAUTH_JWKS_URI: `${issuer}/jwks`,
     };
 
-    const child = spawn(process.execPath, ["--import", "tsx", join(REPO_ROOT, MAIN), "dev", "--dir", dir], {
+    const child = spawn(process.execPath, ["--import", "tsx", CLI_MAIN, "dev", "--dir", dir], {
       cwd: REPO_ROOT,
       env: cleanEnv(env),
       stdio: ["ignore", "pipe", "pipe"],

@@ -1,66 +1,20 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { decodeProtectedHeader } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI_MAIN, cleanEnv, freePort, REPO_ROOT, runCli as runCliAs } from "../helpers/cli.js";
 
 /** `keyward encrypt` / `keyward decrypt` run as a user runs them, against `keyward dev` started as a child process. */
-const REPO_ROOT = resolve(import.meta.dirname, "../..");
-const MAIN = "src/cli/main.ts";
 const TIMEOUT = 60_000;
 
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("KEYWARD_")) env[k] = v;
-  return { ...env, ...extra };
-}
-
-interface CliResult {
-  readonly code: number | null;
-  /** stdout as raw bytes (decrypt writes binary). */
-  readonly stdout: Buffer;
-  readonly stderr: string;
-}
-
-function runCli(args: string[], env: Record<string, string>, timeoutMs = 25_000): Promise<CliResult> {
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(REPO_ROOT, MAIN), ...args], {
-      cwd: REPO_ROOT,
-      env: cleanEnv(env),
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const out: Buffer[] = [];
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      if (child.pid !== undefined) process.kill(child.pid, "SIGKILL");
-    }, timeoutMs);
-    child.once("error", (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.once("close", (code) => {
-      clearTimeout(timer);
-      resolveRun({ code, stdout: Buffer.concat(out), stderr });
-    });
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      if (address === null || typeof address === "string") return reject(new Error("no port"));
-      server.close(() => resolvePort(address.port));
-    });
-  });
-}
+/** `runCli(args, env)`: the CLI with a clean environment plus `env`. */
+const runCli = async (args: string[], env: Record<string, string>, timeoutMs = 25_000) => {
+  const r = await runCliAs(args, { env, timeoutMs });
+  return { ...r, stdout: r.stdoutBytes };
+};
 
 describe("keyward encrypt / decrypt", () => {
   let root: string;
@@ -81,7 +35,7 @@ describe("keyward encrypt / decrypt", () => {
       KEYWARD_OAUTH_JWKS_URI: `${issuer}/jwks`,
       KEYWARD_HOME: join(root, "home"),
     };
-    const child = spawn(process.execPath, ["--import", "tsx", join(REPO_ROOT, MAIN), "dev", "--dir", dir], {
+    const child = spawn(process.execPath, ["--import", "tsx", CLI_MAIN, "dev", "--dir", dir], {
       cwd: REPO_ROOT,
       env: cleanEnv(env),
       stdio: ["ignore", "pipe", "pipe"],

@@ -1,63 +1,15 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI_MAIN, cleanEnv, freePort, REPO_ROOT, runCli as runCliAs } from "../helpers/cli.js";
 
 /** `keyward group ...` run as a user runs it, against `keyward dev` started as a child process. */
-const REPO_ROOT = resolve(import.meta.dirname, "../..");
-const MAIN = "src/cli/main.ts";
 const TIMEOUT = 60_000;
 
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("KEYWARD_")) env[k] = v;
-  return { ...env, ...extra };
-}
-
-interface CliResult {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-function runCli(args: string[], env: Record<string, string>, timeoutMs = 25_000): Promise<CliResult> {
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(REPO_ROOT, MAIN), ...args], {
-      cwd: REPO_ROOT,
-      env: cleanEnv(env),
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      if (child.pid !== undefined) process.kill(child.pid, "SIGKILL");
-    }, timeoutMs);
-    child.once("error", (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.once("close", (code) => {
-      clearTimeout(timer);
-      resolveRun({ code, stdout, stderr });
-    });
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      if (address === null || typeof address === "string") return reject(new Error("no port"));
-      server.close(() => resolvePort(address.port));
-    });
-  });
-}
+/** `runCli(args, env)`: the CLI with a clean environment plus `env`. */
+const runCli = (args: string[], env: Record<string, string>, timeoutMs = 25_000) => runCliAs(args, { env, timeoutMs });
 
 describe("keyward group", () => {
   let root: string;
@@ -80,7 +32,7 @@ describe("keyward group", () => {
       KEYWARD_OAUTH_JWKS_URI: `${issuer}/jwks`,
       KEYWARD_HOME: home,
     };
-    const child = spawn(process.execPath, ["--import", "tsx", join(REPO_ROOT, MAIN), "dev", "--dir", dir], {
+    const child = spawn(process.execPath, ["--import", "tsx", CLI_MAIN, "dev", "--dir", dir], {
       cwd: REPO_ROOT,
       env: cleanEnv(env),
       stdio: ["ignore", "pipe", "pipe"],

@@ -5,41 +5,22 @@
  *
  * Every process is tracked by PID and stopped by `stopAllServers()` (call it in afterAll/finally).
  */
+import { CLI_MAIN, cleanEnv, freePort, REPO_ROOT } from "./cli.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { issueDevToken, startDevIdp } from "../../src/identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../../src/server/data-dir.js";
 import { generateMasterKey } from "../../src/server/barrier/master-key.js";
 import { KmsClient, type KmsClientOptions, type KmsTransport } from "../../src/client/index.js";
 import { JOSE_CONTENT_TYPE, MESSAGES_PATH, WELL_KNOWN_KMS_PATH } from "../../src/protocol/constants.js";
 
-const REPO_ROOT = resolve(import.meta.dirname, "../..");
-const MAIN = join(REPO_ROOT, "src/cli/main.ts");
+const MAIN = CLI_MAIN;
 export const AUTHORITY = "kms.example.com";
 
-/** The test runner's environment without any KEYWARD_* variable (they would change the server's behaviour). */
-export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("KEYWARD_")) env[k] = v;
-  return { ...env, ...extra };
-}
-
-/** A port that was free a moment ago (listen on 0, read it, close). */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      if (address === null || typeof address === "string") return reject(new Error("no port"));
-      server.close(() => resolvePort(address.port));
-    });
-  });
-}
+export { cleanEnv, freePort } from "./cli.js";
 
 /** An initialised data dir with a dev IdP (in this process) the server trusts through KEYWARD_OAUTH_*. */
 export interface TestDataDir {
