@@ -1,11 +1,9 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { decodeProtectedHeader } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLI_MAIN, cleanEnv, freePort, REPO_ROOT, runCli as runCliAs } from "../helpers/cli.js";
+import { runCli as runCliAs, startDevChild, type DevChild } from "../helpers/cli.js";
 
 /** `keyward encrypt` / `keyward decrypt` run as a user runs them, against `keyward dev` started as a child process. */
 const TIMEOUT = 60_000;
@@ -20,57 +18,18 @@ describe("keyward encrypt / decrypt", () => {
   let root: string;
   let dir: string;
   let env: Record<string, string>;
-  let dev: ChildProcess | undefined;
+
+  let devChild: DevChild | undefined;
 
   beforeAll(async () => {
-    root = mkdtempSync(join(tmpdir(), "keyward-crypt-cli-"));
-    dir = join(root, "dev");
-    const kmsPort = await freePort();
-    const idpPort = await freePort();
-    const issuer = `http://127.0.0.1:${idpPort}`;
-    env = {
-      KEYWARD_LISTEN: `127.0.0.1:${kmsPort}`,
-      KEYWARD_DEV_IDP_LISTEN: `127.0.0.1:${idpPort}`,
-      KEYWARD_OAUTH_ISSUER: issuer,
-      KEYWARD_OAUTH_JWKS_URI: `${issuer}/jwks`,
-      KEYWARD_HOME: join(root, "home"),
-    };
-    const child = spawn(process.execPath, ["--import", "tsx", CLI_MAIN, "dev", "--dir", dir], {
-      cwd: REPO_ROOT,
-      env: cleanEnv(env),
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    dev = child;
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    await new Promise<void>((ready, reject) => {
-      const timer = setTimeout(() => reject(new Error(`dev did not start in time.\nstdout: ${stdout}\nstderr: ${stderr}`)), 25_000);
-      const check = () => {
-        if (stdout.includes(`on http://127.0.0.1:${kmsPort}`) && stdout.includes("Never use it in production")) {
-          clearTimeout(timer);
-          child.stdout.off("data", check);
-          ready();
-        }
-      };
-      child.stdout.on("data", check);
-      child.once("exit", (code) => {
-        clearTimeout(timer);
-        reject(new Error(`dev exited (${code}) before listening.\nstdout: ${stdout}\nstderr: ${stderr}`));
-      });
-      check();
-    });
+    devChild = await startDevChild("keyward-crypt-cli-");
+    ({ root, dir, env } = devChild);
   }, TIMEOUT);
 
   afterAll(async () => {
-    if (dev && dev.exitCode === null && dev.signalCode === null && dev.pid !== undefined) {
-      const exited = new Promise((r) => dev!.once("exit", r));
-      process.kill(dev.pid, "SIGKILL");
-      await exited;
-    }
-    if (root) rmSync(root, { recursive: true, force: true });
+    await devChild?.stop();
   });
+
 
   const cli = (args: string[]) => runCli([...args, "--dir", dir], env);
 

@@ -1,4 +1,6 @@
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 
@@ -60,4 +62,65 @@ export function runCli(args: string[], opts: { env?: Record<string, string>; cwd
       resolveRun({ code, signal, stdout: stdoutBytes.toString("utf8"), stdoutBytes, stderr });
     });
   });
+}
+
+/** A `keyward dev` child on free ports, its data dir and KEYWARD_HOME in a fresh temp dir. */
+export interface DevChild {
+  readonly root: string;
+  readonly dir: string;
+  /** The env every CLI call against this KMS needs (ports, issuer, KEYWARD_HOME). */
+  readonly env: Record<string, string>;
+  /** Kills the child by its PID and removes the temp dir. */
+  stop(): Promise<void>;
+}
+
+/** Starts `keyward dev` as a user would and waits for its banner (or fails with its output). */
+export async function startDevChild(prefix: string, timeoutMs = 25_000): Promise<DevChild> {
+  const root = mkdtempSync(join(tmpdir(), prefix));
+  const dir = join(root, "dev");
+  const kmsPort = await freePort();
+  const idpPort = await freePort();
+  const issuer = `http://127.0.0.1:${idpPort}`;
+  const env = {
+    KEYWARD_LISTEN: `127.0.0.1:${kmsPort}`,
+    KEYWARD_DEV_IDP_LISTEN: `127.0.0.1:${idpPort}`,
+    KEYWARD_OAUTH_ISSUER: issuer,
+    KEYWARD_OAUTH_JWKS_URI: `${issuer}/jwks`,
+    KEYWARD_HOME: join(root, "home"),
+  };
+  const child = spawn(process.execPath, ["--import", "tsx", CLI_MAIN, "dev", "--dir", dir], { cwd: REPO_ROOT, env: cleanEnv(env), stdio: ["ignore", "pipe", "pipe"] });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      const exited = new Promise((r) => child.once("exit", r));
+      process.kill(child.pid, "SIGKILL");
+      await exited;
+    }
+    rmSync(root, { recursive: true, force: true });
+  };
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+  child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  try {
+    await new Promise<void>((ready, reject) => {
+      const timer = setTimeout(() => reject(new Error(`dev did not start in time.\nstdout: ${stdout}\nstderr: ${stderr}`)), timeoutMs);
+      const check = () => {
+        if (stdout.includes(`on http://127.0.0.1:${kmsPort}`) && stdout.includes("Never use it in production")) {
+          clearTimeout(timer);
+          child.stdout.off("data", check);
+          ready();
+        }
+      };
+      child.stdout.on("data", check);
+      child.once("exit", (code) => {
+        clearTimeout(timer);
+        reject(new Error(`dev exited (${code}) before listening.\nstdout: ${stdout}\nstderr: ${stderr}`));
+      });
+      check();
+    });
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { root, dir, env, stop };
 }
