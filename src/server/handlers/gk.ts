@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from "node:crypto";
+import type { JWK } from "jose";
 import { badRequest, conflict, forbidden, notFound } from "../../protocol/errors.js";
 import { normalizeEntity } from "../../protocol/entity.js";
 import { kmsUri, objectUri, type ResolvedUri } from "../../protocol/uri.js";
@@ -19,15 +20,18 @@ async function requireBlock(services: CoreServices, hash: unknown, entity: strin
   return { hash, ...found };
 }
 
-/** The signed GK object: the key wrapped to `entity`'s registered keys (409 when it has none). */
-async function signedGk(services: CoreServices, gk: GkRecord, entity: string): Promise<string> {
+/** The device keys a GK is wrapped to (409 when the entity has none). */
+async function deviceKeysOf(services: CoreServices, entity: string): Promise<JWK[]> {
   const keys = await services.store.listEntityKeys(entity);
   if (keys.length === 0) {
     throw conflict(`${entity} has no registered key to wrap the group key to: register one with 'create /entities/keys'`, "ERR_NO_ENTITY_KEY");
   }
-  const keyBytes = services.barrier.open(`gk:${gk.uri}`, gk.sealedKey);
-  const key = wrapGroupKey(keyBytes, gk.uri, keys.map((k) => k.jwk));
-  keyBytes.fill(0);
+  return keys.map((k) => k.jwk as JWK);
+}
+
+/** The signed GK object: `keyBytes` (the GK's key, opened or just made) wrapped to `recipients`. */
+async function signedGk(services: CoreServices, gk: GkRecord, keyBytes: Uint8Array, recipients: readonly JWK[]): Promise<string> {
+  const key = wrapGroupKey(keyBytes, gk.uri, recipients);
   return services.staticKey.sign({
     uri: gk.uri,
     creator: kmsUri(services.settings.authority),
@@ -44,9 +48,7 @@ function gkUriOf(services: CoreServices, target: ResolvedUri): string {
 /** `create /gks`, optional `block` (§9 Create): 256 random bits, stored sealed, returned wrapped and signed. */
 export const createGk: Handler = async ({ services, request, identity }) => {
   const block = request.block === undefined ? undefined : await requireBlock(services, request.block, identity.entity);
-  if ((await services.store.listEntityKeys(identity.entity)).length === 0) {
-    throw conflict(`${identity.entity} has no registered key to wrap the group key to: register one with 'create /entities/keys'`, "ERR_NO_ENTITY_KEY");
-  }
+  const recipients = await deviceKeysOf(services, identity.entity);
   const uri = objectUri(services.settings.authority, "gks", randomUUID());
   const keyBytes = randomBytes(32);
   const gk: GkRecord = {
@@ -56,8 +58,12 @@ export const createGk: Handler = async ({ services, request, identity }) => {
     sealedKey: services.barrier.seal(`gk:${uri}`, keyBytes),
     ...(block ? { block } : {}),
   };
-  keyBytes.fill(0);
-  const signed = await signedGk(services, gk, identity.entity);
+  let signed: string;
+  try {
+    signed = await signedGk(services, gk, keyBytes, recipients);
+  } finally {
+    keyBytes.fill(0);
+  }
   await services.store.createGk(gk); // after signing: a failed request stores nothing
   return { status: 201, gk: signed };
 };
@@ -69,8 +75,9 @@ export const bindGk: Handler = async ({ services, request, identity, target }) =
   if (gk.requester !== identity.entity) throw forbidden("only the entity that created a group key may bind it", "ERR_NOT_YOUR_GK");
   if (gk.block) throw conflict(`the group key is already bound to block ${gk.block.hash}`, "ERR_GK_BOUND");
   const block = await requireBlock(services, request.block, identity.entity);
-  const bound = { ...gk, block };
-  const signed = await signedGk(services, bound, identity.entity);
+  const signed = await withKeyBytes(services, gk, async (keyBytes) =>
+    signedGk(services, { ...gk, block }, keyBytes, await deviceKeysOf(services, identity.entity)),
+  );
   if (!(await services.store.bindGk(gk.uri, block))) throw conflict("the group key was bound by a concurrent request", "ERR_GK_BOUND");
   return { status: 200, gk: signed };
 };
@@ -88,5 +95,16 @@ export const getGk: Handler = async ({ services, request, identity, target }) =>
   } else if (!(await isEntitled(services.store, gk.block, identity.entity, services.settings.policy))) {
     throw forbidden(`policy ${services.settings.policy}: ${describePolicy(services.settings.policy)}`, "ERR_POLICY");
   }
-  return { status: 200, gk: await signedGk(services, gk, identity.entity) };
+  const recipients = await deviceKeysOf(services, identity.entity);
+  return { status: 200, gk: await withKeyBytes(services, gk, (keyBytes) => signedGk(services, gk, keyBytes, recipients)) };
 };
+
+/** Opens a stored GK's key for `use` and wipes the bytes afterwards. */
+async function withKeyBytes<T>(services: CoreServices, gk: GkRecord, use: (keyBytes: Uint8Array) => Promise<T>): Promise<T> {
+  const keyBytes = services.barrier.open(`gk:${gk.uri}`, gk.sealedKey);
+  try {
+    return await use(keyBytes);
+  } finally {
+    keyBytes.fill(0);
+  }
+}
