@@ -9,7 +9,7 @@
  * See bench/README.md.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { appendFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,6 +18,7 @@ import { loadConfig } from "../../src/config/config.js";
 import { issueDevToken } from "../../src/identity/dev-idp.js";
 import type { PhaseResult } from "../lib/load.js";
 import { summarizeCpuProfile } from "../lib/cpuprofile.js";
+import { appendResults } from "../lib/report.js";
 import { pinPid, spawnPinned, TASKSET } from "../lib/pin.js";
 import { coreTicks, cpuSeconds, freePort, rssMiB } from "../lib/proc.js";
 import type { CeilingReport } from "./ceiling.js";
@@ -421,10 +422,7 @@ async function main(): Promise<void> {
     }
   }
   if (!args["no-results"]) {
-    const results = join(ROOT, "bench/RESULTS.md");
-    if (!existsSync(results)) writeFileSync(results, "# Bench results\n\nAppended by `npm run bench:channel` (see bench/README.md). Newest last.\n\n");
-    appendFileSync(results, `${text}\n`);
-    log(`appended to ${relative(ROOT, results)}`);
+    log(`appended to ${relative(ROOT, appendResults(ROOT, text))}`);
   }
 }
 

@@ -15,15 +15,14 @@
  * 2-block group's (throughput, p50, p99). KMS and ceiling on core 0, load generators on core 1.
  * See bench/README.md.
  */
-import { appendFileSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import Database from "better-sqlite3";
 import { loadConfig } from "../../src/config/config.js";
 import { issueDevToken } from "../../src/identity/dev-idp.js";
-import { summarizeCpuProfile } from "../lib/cpuprofile.js";
-import { inclusiveTimes } from "../lib/cpuprofile-inclusive.js";
+import { appendResults, printCpuProfile } from "../lib/report.js";
 import { build, Children, fmt, gitState, log, machineLine, pct, runJsonChild, startIpcChild, table, type IpcChild, type KeywardDev } from "../lib/harness.js";
 import { prepareDataDir, startKeywardDevAt } from "../lib/keyward-dev-at.js";
 import type { PhaseResult } from "../lib/load.js";
@@ -566,21 +565,11 @@ async function main(): Promise<void> {
       mkdirSync(kept, { recursive: true });
       const target = join(kept, `keyward-${startedAt.toISOString().replace(/[:.]/g, "-")}-${dir.split("/").pop()}.cpuprofile`);
       copyFileSync(join(dir, f), target);
-      const s = summarizeCpuProfile(target, 30);
-      console.log(`KMS CPU profile (${relative(ROOT, target)}, ${statSync(target).size} B): busy ${s.busyPct.toFixed(0)}% of samples`);
-      console.log(table([["self time by script", "% of busy"], ...s.scripts.slice(0, 15).map((l) => [l.name, l.selfPct.toFixed(1)])]));
-      console.log("");
-      console.log(table([["self time by function", "% of busy"], ...s.functions.map((l) => [l.name, l.selfPct.toFixed(1)])]));
-      console.log("");
-      const inc = inclusiveTimes(target, (k) => /(src|dist)\/|node:internal\/crypto|better-sqlite3|jose\//.test(k), 30);
-      console.log(table([["total (inclusive, synchronous) time", "% of busy", "self %"], ...inc.map((l) => [l.name, l.totalPct.toFixed(1), l.selfPct.toFixed(1)])]));
+      printCpuProfile(ROOT, target);
     }
   }
   if (!args["no-results"]) {
-    const results = join(ROOT, "bench/RESULTS.md");
-    if (!existsSync(results)) writeFileSync(results, "# Bench results\n\nAppended by the bench runners (see bench/README.md). Newest last.\n\n");
-    appendFileSync(results, `${text}\n`);
-    log(`appended to ${relative(ROOT, results)}`);
+    log(`appended to ${relative(ROOT, appendResults(ROOT, text))}`);
   }
 }
 
