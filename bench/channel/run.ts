@@ -8,7 +8,7 @@
  * crypto ceiling). Servers and the ceiling run on core 0, the load generator on core 1.
  * See bench/README.md.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import { dirname, join, relative, resolve } from "node:path";

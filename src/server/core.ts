@@ -1,4 +1,4 @@
-import { CHANNEL_MESSAGE_LIMIT, CONTENT_ENCRYPTION } from "../protocol/constants.js";
+import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { badRequest, conflict, forbidden, KmsError, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules, inspectCompact } from "../protocol/jose/compact.js";
 import { openCommonMessage, sealCommonMessage } from "./channel-codec.js";
@@ -116,7 +116,7 @@ export class KmsCore {
         const request = parseRequest(payload);
         const target = resolveUri(request.uri, settings.authority);
         op = `${request.method} ${target.segments[0] ?? "/"}`;
-        const recorded = await store.recordChannelMessage(channel.uri, JSON.stringify(request.requestId), settings.channelMessageLimit ?? CHANNEL_MESSAGE_LIMIT);
+        const recorded = await store.recordChannelMessage(channel.uri, JSON.stringify(request.requestId), settings.channelMessageLimit);
         if (recorded === "replay") throw conflict("requestId already used on this channel: replay refused", "ERR_REPLAY");
         if (recorded === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), requestId, op);
         if (recorded === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), requestId, op);

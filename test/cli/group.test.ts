@@ -10,7 +10,6 @@ const TIMEOUT = 60_000;
 const runCli = (args: string[], env: Record<string, string>, timeoutMs = 25_000) => runCliAs(args, { env, timeoutMs });
 
 describe("keyward group", () => {
-  let root: string;
   let dir: string;
   let home: string;
   let env: Record<string, string>;
@@ -19,7 +18,7 @@ describe("keyward group", () => {
 
   beforeAll(async () => {
     devChild = await startDevChild("keyward-group-cli-");
-    ({ root, dir, env } = devChild);
+    ({ dir, env } = devChild);
     home = env.KEYWARD_HOME!;
   }, TIMEOUT);
 
