@@ -44,7 +44,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
     store,
     masterKey,
     staticKey,
-    authenticator: new CredentialAuthenticator(bearer),
+    authenticator: new CredentialAuthenticator({ jwt: bearer }),
     logger,
   });
 }
