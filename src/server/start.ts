@@ -1,6 +1,9 @@
 import { loadConfig, type KeywardConfig } from "../config/config.js";
 import { BearerJwtValidator } from "../identity/bearer-jwt.js";
+import { readFileSync } from "node:fs";
+import { CertificateCredentialValidator } from "../identity/certificate-credential.js";
 import { CredentialAuthenticator } from "../identity/credential-authenticator.js";
+import { TokenIntrospector } from "../identity/introspection.js";
 import { CHANNEL_MESSAGE_LIMIT } from "../protocol/constants.js";
 import { openStore } from "../store/open-store.js";
 import { createLogger } from "./logger.js";
@@ -26,6 +29,21 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
     entityClaim: config.oauthEntityClaim,
     leewaySeconds: config.oauthLeeway,
   });
+  const introspection = config.oauthIntrospectionUrl
+    ? new TokenIntrospector({
+        url: config.oauthIntrospectionUrl,
+        clientId: config.oauthClientId ?? "",
+        clientSecret: config.oauthClientSecret ?? "",
+        issuer: config.oauthIssuer,
+        audience: config.oauthAudience,
+        entityClaim: config.oauthEntityClaim,
+        leewaySeconds: config.oauthLeeway,
+      })
+    : undefined;
+  // No trust roots configured = certificate credentials refused (§6, issue #5).
+  const certificates = config.trustRoots
+    ? new CertificateCredentialValidator({ trustRootsPem: readFileSync(config.trustRoots, "utf8") })
+    : undefined;
   return Kms.create({
     settings: {
       authority: config.authority,
@@ -44,7 +62,11 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
     store,
     masterKey,
     staticKey,
-    authenticator: new CredentialAuthenticator({ jwt: bearer }),
+    authenticator: new CredentialAuthenticator({
+      jwt: bearer,
+      ...(introspection ? { introspection } : {}),
+      ...(certificates ? { certificates } : {}),
+    }),
     logger,
   });
 }
