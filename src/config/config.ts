@@ -190,6 +190,7 @@ export const configSchema = z.strictObject({
   oauthIntrospectionUrl: httpUrl("the token introspection endpoint").optional(),
   oauthClientId: nonEmpty().optional(),
   oauthClientSecret: nonEmpty().optional(),
+  oauthIntrospectionCache: intIn(0, 60).default(60),
   oauthLeeway: intIn(0, 300).default(30),
   policy: z.literal([1, 2, 3], { error: "must be 1, 2 or 3" }).default(1),
   storeUrl: checkedString((s) => {
@@ -275,6 +276,7 @@ export const CONFIG_KEYS = {
   oauthIntrospectionUrl: { env: "KEYWARD_OAUTH_INTROSPECTION_URL", envType: "string", required: false, default: undefined, description: "Token introspection endpoint (RFC 7662), for opaque access tokens." },
   oauthClientId: { env: "KEYWARD_OAUTH_CLIENT_ID", envType: "string", required: false, default: undefined, description: "Client id used to authenticate to the introspection endpoint." },
   oauthClientSecret: { env: "KEYWARD_OAUTH_CLIENT_SECRET", envType: "string", required: false, default: undefined, secret: true, description: "Client secret used to authenticate to the introspection endpoint." },
+  oauthIntrospectionCache: { env: "KEYWARD_OAUTH_INTROSPECTION_CACHE", envType: "integer", required: false, default: "60", description: "Seconds an active introspection result is remembered (0–60; never beyond the token's `exp`). A revoked opaque token is refused within this time." },
   oauthLeeway: { env: "KEYWARD_OAUTH_LEEWAY", envType: "integer", required: false, default: "30", description: "Clock leeway in seconds when checking token `exp`/`nbf`/`iat` (0–300)." },
   policy: { env: "KEYWARD_POLICY", envType: "policy", required: false, default: "1", description: "Authorization policy: 1, 2 or 3." },
   storeUrl: { env: "KEYWARD_STORE_URL", envType: "string", required: false, default: "sqlite:<dataDir>/keyward.db", secret: true, description: "Store: `sqlite:<path>` (relative to the data directory) or `postgres://…`/`postgresql://…`." },
@@ -429,6 +431,8 @@ export interface KeywardConfig {
   readonly oauthIntrospectionUrl?: string;
   readonly oauthClientId?: string;
   readonly oauthClientSecret?: string;
+  /** Seconds an active introspection result is remembered, 0–60. */
+  readonly oauthIntrospectionCache: number;
   readonly oauthLeeway: number;
   readonly policy: 1 | 2 | 3;
   /** `sqlite:<absolute path>` (or `sqlite::memory:`), or the PostgreSQL URL as given. */
@@ -559,6 +563,17 @@ export function resolveConfig(
     throw fileError(path, issue.message, value);
   }
   const v = result.data;
+  if (v.oauthIntrospectionUrl !== undefined) {
+    const missing = (["oauthClientId", "oauthClientSecret"] as const).filter((k) => v[k] === undefined);
+    if (missing.length > 0) {
+      const names = missing.map((k) => `'${k}'`).join(" and ");
+      const envs = missing.map((k) => CONFIG_KEYS[k].env).join(" / ");
+      throw new ConfigError(
+        missing[0]!,
+        `config: ${names} ${missing.length > 1 ? "are" : "is"} required when 'oauthIntrospectionUrl' is set (the KMS authenticates to the introspection endpoint): set ${missing.length > 1 ? "them" : "it"} in config.json or ${envs}`,
+      );
+    }
+  }
 
   const listen = parseListen(v.listen);
   const authority = parseAuthority(v.authority)!;
@@ -583,6 +598,7 @@ export function resolveConfig(
     ...(v.oauthIntrospectionUrl !== undefined && { oauthIntrospectionUrl: v.oauthIntrospectionUrl }),
     ...(v.oauthClientId !== undefined && { oauthClientId: v.oauthClientId }),
     ...(v.oauthClientSecret !== undefined && { oauthClientSecret: v.oauthClientSecret }),
+    oauthIntrospectionCache: v.oauthIntrospectionCache,
     oauthLeeway: v.oauthLeeway,
     policy: v.policy,
     storeUrl: resolvedStore.kind === "sqlite" ? `sqlite:${resolvedStore.path}` : resolvedStore.url,

@@ -38,6 +38,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
         audience: config.oauthAudience,
         entityClaim: config.oauthEntityClaim,
         leewaySeconds: config.oauthLeeway,
+        cacheSeconds: config.oauthIntrospectionCache,
       })
     : undefined;
   // No trust roots configured = certificate credentials refused (§6, issue #5).

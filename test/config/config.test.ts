@@ -59,6 +59,7 @@ describe("loadConfig defaults", () => {
       oauthJwksUri: BASE.oauthJwksUri,
       oauthAudience: "kms://kms.example.com",
       oauthEntityClaim: "email",
+      oauthIntrospectionCache: 60,
       oauthLeeway: 30,
       policy: 1,
       storeUrl: `sqlite:${join(dir, "keyward.db")}`,
@@ -156,6 +157,7 @@ describe("environment overrides", () => {
     ["oauthIntrospectionUrl", "KEYWARD_OAUTH_INTROSPECTION_URL", "https://issuer.test/introspect", (c) => c.oauthIntrospectionUrl, "https://issuer.test/introspect"],
     ["oauthClientId", "KEYWARD_OAUTH_CLIENT_ID", "client", (c) => c.oauthClientId, "client"],
     ["oauthClientSecret", "KEYWARD_OAUTH_CLIENT_SECRET", "secret", (c) => c.oauthClientSecret, "secret"],
+    ["oauthIntrospectionCache", "KEYWARD_OAUTH_INTROSPECTION_CACHE", "0", (c) => c.oauthIntrospectionCache, 0],
     ["oauthLeeway", "KEYWARD_OAUTH_LEEWAY", "0", (c) => c.oauthLeeway, 0],
     ["policy", "KEYWARD_POLICY", "2", (c) => c.policy, 2],
     ["storeUrl", "KEYWARD_STORE_URL", "postgres://u:p@db:5432/keyward", (c) => [c.storeUrl, c.store], ["postgres://u:p@db:5432/keyward", { kind: "postgres", url: "postgres://u:p@db:5432/keyward" }]],
@@ -179,7 +181,8 @@ describe("environment overrides", () => {
   });
 
   it.each(cases)("%s is overridden by %s", (key, env, raw, get, expected) => {
-    writeRaw(BASE);
+    // Client credentials in the file: an introspection URL requires them.
+    writeRaw(key === "oauthIntrospectionUrl" ? { ...BASE, oauthClientId: "kms", oauthClientSecret: "s3cret" } : BASE);
     expect(envNameOf(key)).toBe(env);
     const c = loadConfig(dir, { [env]: raw });
     const want = JSON.parse(JSON.stringify(expected).replaceAll("<dir>", dir)) as unknown;
@@ -262,6 +265,26 @@ describe("bad values", () => {
     const fromEnv = configError(() => loadConfig(dir, { [env]: envValue }));
     expect(fromEnv.key).toBe(env);
     expect(fromEnv.message).toMatch(new RegExp(`^config: ${env}: `));
+  });
+
+  it("an introspection URL requires the client id and secret, and the error names the missing keys", () => {
+    writeRaw({ ...BASE, oauthIntrospectionUrl: "https://idp.example.com/introspect" });
+    const both = configError(() => loadConfig(dir, {}));
+    expect(both.key).toBe("oauthClientId");
+    expect(both.message).toMatch(/'oauthClientId' and 'oauthClientSecret' are required when 'oauthIntrospectionUrl' is set/);
+    expect(both.message).toContain("KEYWARD_OAUTH_CLIENT_SECRET");
+    const one = configError(() => loadConfig(dir, { KEYWARD_OAUTH_CLIENT_ID: "kms" }));
+    expect(one.key).toBe("oauthClientSecret");
+    expect(one.message).toMatch(/'oauthClientSecret' is required/);
+    expect(one.message).not.toMatch(/'oauthClientId'/);
+    expect(loadConfig(dir, { KEYWARD_OAUTH_CLIENT_ID: "kms", KEYWARD_OAUTH_CLIENT_SECRET: "s" }).oauthClientSecret).toBe("s");
+  });
+
+  it("oauthIntrospectionCache must be between 0 and 60 seconds", () => {
+    writeRaw({ ...BASE, oauthIntrospectionCache: 61 });
+    expect(configError(() => loadConfig(dir, {})).message).toMatch(/'oauthIntrospectionCache': must be between 0 and 60/);
+    writeRaw(BASE);
+    expect(configError(() => loadConfig(dir, { KEYWARD_OAUTH_INTROSPECTION_CACHE: "-1" })).key).toBe("KEYWARD_OAUTH_INTROSPECTION_CACHE");
   });
 
   it("formats messages as documented", () => {
