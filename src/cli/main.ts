@@ -10,6 +10,7 @@ import { KmsClient } from "../client/index.js";
 import { registerGroupCommands, resolveConnection } from "./group.js";
 import { registerCryptCommands } from "./crypt.js";
 import { registerMigrateCommand } from "./migrate.js";
+import { registerRotateStaticKeyCommand } from "./rotate-static-key.js";
 
 /** The `keyward` command line. Each command is a thin shell over a library function. */
 const program = new Command("keyward").description("Keyward: a key management service for end-to-end encrypted groups").showHelpAfterError();
@@ -116,6 +117,7 @@ program
 registerGroupCommands(program);
 registerCryptCommands(program);
 registerMigrateCommand(program);
+registerRotateStaticKeyCommand(program);
 
 function onSignal(stop: () => Promise<void>): void {
   const handler = () => {

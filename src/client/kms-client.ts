@@ -30,7 +30,20 @@ export interface KmsInfo {
   readonly uri: string;
   readonly kid: string;
   readonly keyType: "EC" | "RSA";
+  /** The current static key: key agreement encrypts to it. */
   readonly jwk: JWK;
+  /**
+   * Keys the KMS rotated out (`previousKeys` of /.well-known/kms), each authenticated exactly as
+   * `jwk` is; signatures they made still verify. Entries that fail authentication are left out.
+   */
+  readonly previousJwks: readonly JWK[];
+}
+
+/** A key that may have signed what the KMS sends: the current one, then previous ones. */
+interface VerifyKey {
+  readonly jwk: JWK;
+  readonly keyType: "EC" | "RSA";
+  readonly imported: Map<string, Promise<CryptoKey | Uint8Array>>;
 }
 
 /** An open secure channel. */
@@ -56,7 +69,8 @@ interface ChannelState extends Channel {
  */
 export class KmsClient {
   private kms?: KmsInfo;
-  private staticVerifyKey?: CryptoKey | Uint8Array;
+  private verifyKeys?: VerifyKey[];
+  private discovering?: Promise<KmsInfo>;
   private current?: ChannelState;
   private opening?: Promise<ChannelState>;
   private readonly transport: KmsTransport;
@@ -82,18 +96,70 @@ export class KmsClient {
    */
   async discover(): Promise<KmsInfo> {
     if (this.kms) return this.kms;
-    const doc = (await this.transport.discover()) as { uri?: unknown; jwk?: JWK & { x5c?: string[] } };
+    if (!this.discovering) {
+      this.discovering = this.fetchKmsInfo()
+        .then((info) => {
+          this.kms = info;
+          this.verifyKeys = undefined;
+          return info;
+        })
+        .finally(() => {
+          this.discovering = undefined;
+        });
+    }
+    return this.discovering;
+  }
+
+  /**
+   * Discovers the KMS again (after a static key rotation) and says whether its current key changed.
+   * On failure the previous discovery stays in place and the error is thrown.
+   */
+  private async rediscover(): Promise<boolean> {
+    const before = this.kms;
+    if (this.discovering) {
+      const after = await this.discovering;
+      return !before || !sameKey(before.jwk, after.jwk);
+    }
+    this.kms = undefined;
+    try {
+      const after = await this.discover();
+      return !before || !sameKey(before.jwk, after.jwk) || after.previousJwks.length !== before.previousJwks.length;
+    } catch (e) {
+      if (!this.kms) this.kms = before;
+      throw e;
+    }
+  }
+
+  private async fetchKmsInfo(): Promise<KmsInfo> {
+    const doc = (await this.transport.discover()) as { uri?: unknown; jwk?: JWK & { x5c?: string[] }; previousKeys?: unknown };
     if (typeof doc?.uri !== "string" || typeof doc.jwk !== "object" || doc.jwk === null) {
       throw new KmsProtocolError("ERR_DISCOVERY", "/.well-known/kms has no 'uri' or 'jwk'");
     }
     const domain = entityDomain(this.options.user);
     if (!domain) throw new TypeError(`user '${this.options.user}' is not user@domain`);
-    await validateKmsIdentity({ jwk: doc.jwk, trustRoots: [...this.options.trustRoots], userDomain: domain, now: this.now() });
-    const keyType = doc.jwk.kty === "EC" ? "EC" : doc.jwk.kty === "RSA" ? "RSA" : undefined;
-    if (!keyType) throw new KmsProtocolError("ERR_DISCOVERY", `unsupported KMS key type '${doc.jwk.kty}'`);
-    if (doc.jwk.kid !== doc.uri) throw new KmsProtocolError("ERR_DISCOVERY", "the KMS key's kid is not the KMS URI");
-    this.kms = { uri: doc.uri, kid: doc.jwk.kid, keyType, jwk: doc.jwk };
-    return this.kms;
+    const uri = doc.uri;
+    const authenticate = async (jwk: JWK & { x5c?: string[] }): Promise<"EC" | "RSA"> => {
+      await validateKmsIdentity({ jwk, trustRoots: [...this.options.trustRoots], userDomain: domain, now: this.now() });
+      const keyType = jwk.kty === "EC" ? "EC" : jwk.kty === "RSA" ? "RSA" : undefined;
+      if (!keyType) throw new KmsProtocolError("ERR_DISCOVERY", `unsupported KMS key type '${jwk.kty}'`);
+      if (jwk.kid !== uri) throw new KmsProtocolError("ERR_DISCOVERY", "the KMS key's kid is not the KMS URI");
+      return keyType;
+    };
+    const keyType = await authenticate(doc.jwk);
+    const previousJwks: JWK[] = [];
+    if (Array.isArray(doc.previousKeys)) {
+      for (const jwk of doc.previousKeys as unknown[]) {
+        if (typeof jwk !== "object" || jwk === null) continue;
+        try {
+          // Exactly the checks of the current key; one that fails (e.g. its certificate expired) is not trusted.
+          await authenticate(jwk as JWK);
+          previousJwks.push(jwk as JWK);
+        } catch {
+          /* left out: signatures by it will not verify */
+        }
+      }
+    }
+    return { uri, kid: uri, keyType, jwk: doc.jwk, previousJwks };
   }
 
   /** Opens a new secure channel now (normally implicit). */
@@ -173,9 +239,25 @@ export class KmsClient {
     return this.opening;
   }
 
-  /** ECDHE (§5): JWE to the static key, signed reply, K_ephemeral = HKDF(ECDH). */
+  /**
+   * ECDHE (§5): JWE to the static key, signed reply, K_ephemeral = HKDF(ECDH). A 401 when the KMS
+   * has a new static key (rotated: it no longer decrypts what was encrypted to the key this client
+   * discovered) is cured by discovering the KMS again and retrying, once.
+   */
   private async openChannel(): Promise<ChannelState> {
-    const kms = await this.discover();
+    for (let attempt = 0; ; attempt++) {
+      const kms = await this.discover();
+      const result = await this.keyAgreement(kms);
+      if (result.reply.status === 401 && attempt === 0) {
+        // verifyStatic may already have re-discovered (the refusal was signed by a key this client did not know).
+        const changed = this.kms !== kms ? !sameKey(kms.jwk, this.kms!.jwk) : await this.rediscover();
+        if (changed) continue;
+      }
+      return this.channelFrom(result);
+    }
+  }
+
+  private async keyAgreement(kms: KmsInfo) {
     const pair = await generateEphemeralKeyPair();
     const { kty, crv, x, y } = await exportJWK(pair.publicKey);
     const requestId: RequestId = globalThis.crypto.randomUUID();
@@ -187,6 +269,10 @@ export class KmsClient {
       .setProtectedHeader({ alg, enc: CONTENT_ENCRYPTION, kid: kms.kid })
       .encrypt(encryptKey);
     const reply = await this.verifyStatic(await this.transport.send(message));
+    return { reply, requestId, pair };
+  }
+
+  private async channelFrom({ reply, requestId, pair }: Awaited<ReturnType<KmsClient["keyAgreement"]>>): Promise<ChannelState> {
     if (reply.status !== 201) throw new KmsRequestError(reply.status, String(reply.reason ?? ""), "jws");
     if (reply.requestId !== requestId) throw new KmsProtocolError("ERR_REQUEST_ID", "the ECDHE reply answers another request");
     const ek = (reply.key ?? reply["ephemeral-key"]) as { uri?: unknown; jwk?: unknown; expirationDate?: unknown; userId?: unknown } | undefined;
@@ -211,29 +297,55 @@ export class KmsClient {
     return this.verifyStatic(jws);
   }
 
-  /** Verifies a JWS from the KMS static key (ECDHE replies and JWS errors). */
+  /**
+   * Verifies a JWS from the KMS static key (ECDHE replies, JWS errors, GKs, genesis blocks): with
+   * the current key, then each authenticated previous key. When none verifies, the KMS may have
+   * rotated to a key this client has not seen: it discovers the KMS again, once, and retries.
+   * Fails closed (ERR_KMS_SIGNATURE) when still no key verifies.
+   */
   private async verifyStatic(jws: string): Promise<ResponsePayload> {
-    const kms = await this.discover();
-    if (!this.staticVerifyKey) {
-      const { x5c: _x5c, ...bareJwk } = kms.jwk;
-      this.staticVerifyKey = await importJWK(bareJwk, kms.keyType === "EC" ? "ES256" : "RS256");
+    let payload = await this.tryVerify(jws, await this.discover());
+    if (payload === undefined && (await this.rediscover().catch(() => false))) payload = await this.tryVerify(jws, await this.discover());
+    if (payload === undefined) throw new KmsProtocolError("ERR_KMS_SIGNATURE", "a KMS reply is not signed by the KMS static key (nor by any of its authenticated previous keys)");
+    return JSON.parse(new TextDecoder().decode(payload)) as ResponsePayload;
+  }
+
+  private async tryVerify(jws: string, kms: KmsInfo): Promise<Uint8Array | undefined> {
+    if (!this.verifyKeys || this.kms !== kms) {
+      this.verifyKeys = [kms.jwk, ...kms.previousJwks].map((jwk) => ({ jwk, keyType: jwk.kty === "RSA" ? "RSA" : "EC", imported: new Map() }));
     }
-    const algorithms = [...STATIC_VERIFY_ALGORITHMS[kms.keyType]];
-    let result;
-    try {
-      result = await compactVerify(jws, async (header) => {
-        if (header.kid !== kms.kid) throw new Error("kid");
-        // PS256 needs a key imported for it; RS256 and ES256 use the cached one.
-        return header.alg === "PS256" ? importJWK({ ...kms.jwk, x5c: undefined }, "PS256") : this.staticVerifyKey!;
-      }, { algorithms });
-    } catch {
-      throw new KmsProtocolError("ERR_KMS_SIGNATURE", "a KMS reply is not signed by the KMS static key");
+    for (const key of this.verifyKeys) {
+      try {
+        const { payload } = await compactVerify(
+          jws,
+          async (header) => {
+            if (header.kid !== kms.kid) throw new Error("kid");
+            const alg = header.alg!;
+            let imported = key.imported.get(alg);
+            if (!imported) {
+              const { x5c: _x5c, ...bareJwk } = key.jwk;
+              imported = importJWK(bareJwk, alg);
+              key.imported.set(alg, imported);
+            }
+            return imported;
+          },
+          { algorithms: [...STATIC_VERIFY_ALGORITHMS[key.keyType]] },
+        );
+        return payload;
+      } catch {
+        /* the next key */
+      }
     }
-    return JSON.parse(new TextDecoder().decode(result.payload)) as ResponsePayload;
+    return undefined;
   }
 
   private async clientInfo() {
     const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
     return { clientId: this.clientId, credential: { userId: this.options.user, bearer: token } };
   }
+}
+
+/** Same public key (JWK members of the key itself, kid/x5c ignored). */
+function sameKey(a: JWK, b: JWK): boolean {
+  return a.kty === b.kty && a.x === b.x && a.y === b.y && a.n === b.n && a.e === b.e && a.crv === b.crv;
 }

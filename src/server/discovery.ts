@@ -1,7 +1,30 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { REL_ENTITY_KEYS } from "../protocol/constants.js";
+import { PROTOCOL_NAME, REL_ENTITY_KEYS } from "../protocol/constants.js";
 import { normalizeEntity } from "../protocol/entity.js";
+import { kmsUri } from "../protocol/uri.js";
 import type { Store } from "../store/store.js";
+import type { StaticKey } from "./static-key.js";
+
+/**
+ * The `GET /.well-known/kms` document (§3): `uri`, `jwk` (the current static key, kid and x5c)
+ * and `protocol`, plus, after a static key rotation, `previousKeys`: the public JWKs (kid and x5c)
+ * of the keys rotated out and not yet retired, newest first, so that clients verify signatures
+ * the KMS made before the rotation (GKs, genesis blocks). Absent when there are none, so the
+ * document of a KMS that never rotated is exactly the profile's.
+ *
+ * @example
+ * kmsDiscoveryDocument("kms.example.com", staticKey)
+ * // { uri: "kms://kms.example.com", jwk: {...}, protocol: "draft-...-03", previousKeys: [{...}] }
+ */
+export function kmsDiscoveryDocument(authority: string, staticKey: StaticKey): Record<string, unknown> {
+  const previousKeys = staticKey.previousPublicJwks;
+  return {
+    uri: kmsUri(authority),
+    jwk: staticKey.publicJwk,
+    protocol: PROTOCOL_NAME,
+    ...(previousKeys.length > 0 ? { previousKeys } : {}),
+  };
+}
 
 /**
  * Unauthenticated key discovery for other domains (§7): WebFinger (RFC 7033) pointing at an

@@ -1,8 +1,22 @@
-import { importPKCS8, exportJWK, type JWK } from "jose";
+import { importPKCS8, exportJWK, calculateJwkThumbprint, type JWK } from "jose";
 import { constants, createPrivateKey, createPublicKey, sign, type KeyObject } from "node:crypto";
 import { STATIC_KEY_ALGORITHMS, STATIC_SIGNING_ALGORITHM } from "../protocol/constants.js";
 
 export type StaticKeyType = "EC" | "RSA";
+
+/**
+ * How long after its rotation a previous static key still decrypts key-agreement requests
+ * (clients that discovered the KMS before the rotation). Signatures are not affected: previous
+ * public keys stay published in `previousKeys` until the operator retires them. A constant, not a
+ * config key, on purpose (issue #5): promote it to config.ts if operators need to tune it.
+ */
+export const PREVIOUS_KEY_DECRYPTION_GRACE_MS = 24 * 3600 * 1000;
+
+/** A static key that was rotated out, with the time it was (src/server/data-dir.ts archives them). */
+export interface PreviousStaticKey {
+  readonly key: StaticKey;
+  readonly retiredAt: Date;
+}
 
 /**
  * The KMS static key (§2): decrypts key-agreement requests, signs key-agreement replies, JWS
@@ -15,6 +29,8 @@ export type StaticKeyType = "EC" | "RSA";
  */
 export class StaticKey {
   private readonly importedKeys = new Map<string, Promise<CryptoKey>>();
+  private previous: readonly PreviousStaticKey[] = [];
+  private now: () => number = Date.now;
 
   private constructor(
     readonly kid: string,
@@ -23,6 +39,47 @@ export class StaticKey {
     private readonly pkcs8Pem: string,
     private readonly signingKey: KeyObject,
   ) {}
+
+  /**
+   * Attaches the keys this one replaced (static key rotation, docs/static-key-rotation.md), newest
+   * first. They never sign; they are published for verification (`previousPublicJwks`) and decrypt
+   * key agreement for {@link PREVIOUS_KEY_DECRYPTION_GRACE_MS} after their rotation. Keys equal to
+   * this one (a rotation that crashed after archiving) are dropped. Call once, at start-up.
+   */
+  async setPreviousKeys(previous: readonly PreviousStaticKey[], now: () => number = Date.now): Promise<void> {
+    const self = await calculateJwkThumbprint(this.publicJwk);
+    const seen = new Set([self]);
+    const kept: PreviousStaticKey[] = [];
+    for (const p of [...previous].sort((a, b) => b.retiredAt.getTime() - a.retiredAt.getTime())) {
+      if (p.key.kid !== this.kid) throw new Error(`a previous static key is for ${p.key.kid}, not ${this.kid}`);
+      const t = await calculateJwkThumbprint(p.key.publicJwk);
+      if (seen.has(t)) continue;
+      seen.add(t);
+      kept.push(p);
+    }
+    this.previous = kept;
+    this.now = now;
+  }
+
+  /** Public JWKs (kid and x5c included) of the previous keys, newest first: discovery's `previousKeys`. */
+  get previousPublicJwks(): JWK[] {
+    return this.previous.map((p) => p.key.publicJwk);
+  }
+
+  /**
+   * The private keys that may decrypt a key-agreement JWE with algorithm `alg`: this key first, then
+   * previous keys of a type that supports `alg` and still within their decryption grace period. The
+   * static kid is the KMS URI for every generation, so a JWE cannot say which one it was made for:
+   * key agreement tries them in order. Empty when no key supports `alg`.
+   *
+   * @example
+   * for (const k of await staticKey.decryptionKeysFor(header.alg)) { try { return await compactDecrypt(jwe, k, opts); } catch {} }
+   */
+  async decryptionKeysFor(alg: string): Promise<CryptoKey[]> {
+    const now = this.now();
+    const usable = [this, ...this.previous.filter((p) => now - p.retiredAt.getTime() < PREVIOUS_KEY_DECRYPTION_GRACE_MS).map((p) => p.key)];
+    return Promise.all(usable.filter((k) => k.keyManagementAlgorithms.includes(alg)).map((k) => k.keyFor(alg)));
+  }
 
   static async fromPkcs8(pkcs8Der: Uint8Array, kid: string, x5c: string[]): Promise<StaticKey> {
     const keyObject = createPrivateKey({ key: Buffer.from(pkcs8Der), format: "der", type: "pkcs8" });
