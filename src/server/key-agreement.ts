@@ -1,5 +1,5 @@
 import { createHash, createPublicKey, randomUUID } from "node:crypto";
-import { compactDecrypt, exportJWK, type JWK } from "jose";
+import { base64url, compactDecrypt, exportJWK, type JWK } from "jose";
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
@@ -38,15 +38,16 @@ export async function createEphemeralKey(services: CoreServices, message: string
   }
 
   const text = new TextDecoder().decode(plaintext);
-  if (/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/.test(text)) {
-    // JWE(K_kms_pub, JWS(K_client_priv, request)): a certificate credential with proof of possession (§6).
-    throw new KeyAgreementError(unauthorized("certificate credentials are not accepted: this KMS has no trust roots configured", "ERR_NO_TRUST_ROOTS"));
-  }
+  // JWE(K_kms_pub, JWS(K_client_priv, request)): a certificate credential with proof of possession
+  // (§6). The JWS payload is read here WITHOUT trusting it: the authenticator verifies the
+  // signature with the credential's key before anything is created. (An empty signature part is
+  // let through so that `alg: none` is refused as a failed proof, 401, not as a malformed payload.)
+  const signed = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$/.test(text);
   let payload: unknown;
   try {
-    payload = JSON.parse(text);
+    payload = JSON.parse(signed ? new TextDecoder().decode(base64url.decode(text.split(".")[1]!)) : text);
   } catch {
-    throw new KeyAgreementError(badRequest("the request payload is not JSON", "ERR_PAYLOAD"));
+    throw new KeyAgreementError(badRequest(signed ? "the signed request's JWS payload is not JSON" : "the request payload is not JSON", "ERR_PAYLOAD"));
   }
   const requestId = requestIdOf(payload);
   const fail = (e: unknown): never => {
@@ -57,7 +58,16 @@ export async function createEphemeralKey(services: CoreServices, message: string
   let request: RequestPayload;
   try {
     // §5: the credential is authenticated before anything else; a failure creates nothing.
-    identity = await services.authenticator.authenticate(parseCredential(payload), { keyAgreement: true });
+    const credential = parseCredential(payload);
+    if (signed && !("jwk" in credential)) {
+      // A signature nobody would verify: refused rather than silently ignored.
+      throw unauthorized("a signed (JWS) key-agreement request must carry a 'jwk' certificate credential; send a bearer credential as a plain JSON request", "ERR_PROOF_UNEXPECTED");
+    }
+    identity = await services.authenticator.authenticate(credential, { keyAgreement: true, ...(signed ? { proofOfPossession: text } : {}) });
+    if (identity.kind === "certificate" && !signed) {
+      // Belt and braces: whatever the verifier does, a certificate credential never opens a channel without proof.
+      throw unauthorized("certificate credential without proof of possession: the request plaintext must be a JWS signed with the credential's key", "ERR_NO_PROOF_OF_POSSESSION");
+    }
     request = parseRequest(payload);
   } catch (e) {
     return fail(e);
