@@ -1,8 +1,9 @@
 import { createHash } from "node:crypto";
-import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from "jose";
+import { errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from "jose";
 import { unauthorized } from "../protocol/errors.js";
 import { normalizeEntity } from "../protocol/entity.js";
 import type { AuthenticatedIdentity } from "./authenticator.js";
+import { JwksCache, JwksUnavailableError } from "./jwks-cache.js";
 
 /** §6: asymmetric algorithms only; HMAC and `none` can never verify an access token here. */
 export const ACCESS_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"];
@@ -19,14 +20,18 @@ export interface BearerJwtOptions {
   readonly cacheSize?: number;
   /** For tests: a key resolver other than the remote JWKS. */
   readonly keys?: JWTVerifyGetKey;
+  /** JWKS cache tuning (see {@link JwksCache}): minimum interval between fetches and maximum age, ms. */
+  readonly jwksMinRefetchIntervalMs?: number;
+  readonly jwksMaxAgeMs?: number;
   readonly now?: () => number;
 }
 
 /**
  * Validates RFC 9068 JWT access tokens locally against the issuer's JWKS (§6): signature with an
  * asymmetric algorithm, `typ` at+jwt, issuer, audience, exp present and not passed, nbf/iat not in
- * the future. An unknown `kid` makes jose refetch the JWKS (rate-limited by its cooldown), so an
- * identity-provider key rotation causes no outage.
+ * the future. The JWKS is cached by a {@link JwksCache}: an unknown `kid` triggers one rate-limited
+ * refetch (at most one fetch per 5 s, concurrent requests sharing it), so an identity-provider key
+ * rotation causes no failed request; a kid still unknown after it is refused.
  *
  * Verified results are remembered, keyed by SHA-256 of the token, until the token's exp, in a
  * bounded cache (the profile allows it): the hot path of every channel request is one hash.
@@ -42,7 +47,13 @@ export class BearerJwtValidator {
   private readonly now: () => number;
 
   constructor(private readonly options: BearerJwtOptions) {
-    this.keys = options.keys ?? createRemoteJWKSet(new URL(options.jwksUri), { cooldownDuration: 30_000, timeoutDuration: 5_000 });
+    this.keys =
+      options.keys ??
+      new JwksCache({
+        url: options.jwksUri,
+        ...(options.jwksMinRefetchIntervalMs !== undefined ? { minRefetchIntervalMs: options.jwksMinRefetchIntervalMs } : {}),
+        ...(options.jwksMaxAgeMs !== undefined ? { maxAgeMs: options.jwksMaxAgeMs } : {}),
+      }).getKey;
     this.cacheSize = options.cacheSize ?? 10_000;
     this.now = options.now ?? Date.now;
   }
@@ -78,7 +89,8 @@ export class BearerJwtValidator {
         currentDate: new Date(now),
       }));
     } catch (e) {
-      throw unauthorized(`bearer token refused: ${describeJoseError(e)}`, e instanceof joseErrors.JWTExpired ? "ERR_TOKEN_EXPIRED" : "ERR_TOKEN_INVALID");
+      const code = e instanceof joseErrors.JWTExpired ? "ERR_TOKEN_EXPIRED" : e instanceof JwksUnavailableError ? "ERR_IDP_UNAVAILABLE" : "ERR_TOKEN_INVALID";
+      throw unauthorized(`bearer token refused: ${describeJoseError(e)}`, code);
     }
     if (typeof payload.iat === "number" && payload.iat * 1000 > now + this.options.leewaySeconds * 1000) {
       throw unauthorized("bearer token refused: 'iat' is in the future", "ERR_TOKEN_INVALID");
@@ -99,6 +111,7 @@ function describeJoseError(e: unknown): string {
   if (e instanceof joseErrors.JOSEAlgNotAllowed) return "signature algorithm is not accepted (asymmetric algorithms only)";
   if (e instanceof joseErrors.JWSSignatureVerificationFailed) return "signature does not verify";
   if (e instanceof joseErrors.JWKSNoMatchingKey) return "signed by a key the identity provider does not publish";
+  if (e instanceof JwksUnavailableError) return "the identity provider's keys are unavailable (JWKS could not be fetched)";
   if (e instanceof joseErrors.JWKSTimeout || e instanceof joseErrors.JOSENotSupported) return "identity provider keys unavailable or unsupported";
   if (e instanceof joseErrors.JWTInvalid || e instanceof joseErrors.JWSInvalid) return "not a valid JWT";
   return "not a valid access token";
