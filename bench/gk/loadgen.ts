@@ -24,7 +24,9 @@ export type LoadgenRequest =
   | { cmd: "members"; members: { entity: string; token: string }[]; big: { uri: string; tail: string } }
   | { cmd: "pregen"; main: number; compare: number; concurrency: number }
   | { cmd: "reconnect"; url: string; token: string; memberTokens: string[] }
-  | { cmd: "phase"; kind: PhaseKind; warmupMs: number; measureMs: number; concurrency: number }
+  | { cmd: "phase"; kind: PhaseKind; warmupMs: number; measureMs: number; concurrency: number; shed?: boolean }
+  /** Fetches each GK (as alice, checked: 200, the GK asked for, bound to `block`); returns how many and how long. */
+  | { cmd: "fetch"; uris: string[]; block: string; concurrency: number }
   | { cmd: "exit" };
 
 export interface SetupResult {
@@ -220,8 +222,32 @@ async function setupMembers(req: Extract<LoadgenRequest, { cmd: "members" }>): P
   return { smallUri: uri, smallTail: small.tail, smallBlocks: 2 };
 }
 
+/** Gets each of `uris` once as alice, `concurrency` in flight, every reply checked. */
+async function fetchMany(uris: string[], block: string, concurrency: number): Promise<{ fetched: number; seconds: number }> {
+  const client = clientWithTimeout(concurrency);
+  const t0 = performance.now();
+  let next = 0;
+  try {
+    await Promise.all(
+      Array.from({ length: concurrency }, async (_, w) => {
+        const ch = channels[w % channels.length]!;
+        while (next < uris.length) {
+          const uri = uris[next++]!;
+          const res = await client.post(w, seal(ch, session!.payload("retrieve", uri, { entity: ALICE })));
+          const problem = res.status === 200 ? checkGk(ch, res.body, 200, block, uri) : `HTTP ${res.status}`;
+          if (problem) throw new Error(`fetching ${uri}: ${problem}`);
+        }
+      }),
+    );
+  } finally {
+    client.close();
+  }
+  return { fetched: uris.length, seconds: (performance.now() - t0) / 1000 };
+}
+
 async function phase(req: Extract<LoadgenRequest, { cmd: "phase" }>): Promise<LoadgenPhaseResult> {
   const { kind, concurrency, warmupMs, measureMs } = req;
+  const shed = req.shed ? { shedStatus: 429 } : {};
   const client = clientWithTimeout(concurrency);
   const list = kind === "get" ? gks.main : kind === "get-small" ? gks.small : kind === "get-big" ? gks.big : [];
   const block = kind === "get-small" ? small.tail : kind === "get-big" ? big.tail : group.tail;
@@ -241,6 +267,7 @@ async function phase(req: Extract<LoadgenRequest, { cmd: "phase" }>): Promise<Lo
       concurrency,
       warmupMs,
       measureMs,
+      ...shed,
       next: (w) => {
         started[w] = performance.now();
         if (kind === "create") return seal(chOf(w), session!.payload("create", "/gks", { block }));
@@ -300,6 +327,8 @@ async function handle(req: LoadgenRequest): Promise<unknown> {
     }
     case "phase":
       return phase(req);
+    case "fetch":
+      return fetchMany(req.uris, req.block, req.concurrency);
     case "exit":
       setImmediate(() => process.exit(0));
       return {};

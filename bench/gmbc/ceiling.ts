@@ -6,7 +6,9 @@
  *   openCommonMessage of the request (src/server/channel-codec.ts, node:crypto)
  *   + blockHashSync (SHA-256, node:crypto) of the block
  *   + verifyBlockSignature ES256 (src/server/gmbc/node-crypto.ts, node:crypto, key cached)
- *   + sealCommonMessage of the reply {status, requestId, tail}:
+ *   + sealCommonMessage of the reply {status, requestId, tail}
+ * (and, as `genesis`, the same for `create /blocks`: open + parseGenesisOperations + StaticKey.sign
+ * + blockHashSync + seal):
  * exactly the primitives the server's append handler runs.
  *
  * Run with 1 operation in flight and with N in flight (WebCrypto work goes through libuv's thread
@@ -16,12 +18,15 @@
  * node:crypto one-shot calls instead of WebCrypto/jose.
  * Prints one JSON line (CeilingReport).
  */
-import { createCipheriv, createDecipheriv, createHash, createPublicKey, randomBytes, randomUUID, verify } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, createPublicKey, generateKeyPairSync, randomBytes, randomUUID, verify } from "node:crypto";
 import { compactVerify, importJWK } from "jose";
 import { blockHash } from "../../src/primitives/block-hash.js";
 import { openCommonMessage, sealCommonMessage } from "../../src/server/channel-codec.js";
 import { blockHashSync, verifyBlockSignature } from "../../src/server/gmbc/node-crypto.js";
 import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
+import { parseGenesisOperations } from "../../src/primitives/gmbc/parse-block.js";
+import { StaticKey } from "../../src/server/static-key.js";
+import { rfc3339 } from "../../src/server/key-agreement.js";
 import { ALICE, ChainSigner, DOMAIN, newMemberKey, type SignedBlock } from "./blocks.js";
 
 export interface CeilingMode {
@@ -38,6 +43,12 @@ export interface Ceiling {
 }
 export interface CeilingReport {
   readonly append: Ceiling;
+  /**
+   * Genesis (`create /blocks`, one `add`): openCommonMessage + parseGenesisOperations +
+   * StaticKey.sign (ES256) of the block + blockHashSync + sealCommonMessage of the reply, as the
+   * server's createChain handler does.
+   */
+  readonly genesis: Ceiling;
   /** The same with importJWK of the member key per verify (information). */
   readonly appendImportEachTime: Ceiling;
   /** The same work with node:crypto one-shot calls (information). */
@@ -119,6 +130,32 @@ const append = await both(async (i) => {
   sealCommonMessage(channelKey, kid, { status: 200, requestId: req.requestId, tail: hash });
 });
 
+const staticKey = await StaticKey.fromPkcs8(
+  generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "der", type: "pkcs8" }),
+  "kms://localhost",
+  [],
+);
+const genesisRequests = await Promise.all(
+  Array.from({ length: COUNT }, (_, i) =>
+    encryptCommonMessage(channelKey, kid, {
+      client: { clientId: "keyward-bench", credential: { bearer: token } },
+      method: "create",
+      uri: "/blocks",
+      requestId: `g${i}`,
+      blockPayload: { operations: [{ entity: ALICE, optype: "add" }] },
+    }),
+  ),
+);
+type GenesisRequest = { requestId: string; blockPayload: { operations: unknown } };
+const genesis = await both(async (i) => {
+  const req = JSON.parse(openCommonMessage(channelKey, genesisRequests[i % COUNT]!).toString("utf8")) as GenesisRequest;
+  const operations = parseGenesisOperations(req.blockPayload.operations, 10_000);
+  const uri = `kms://localhost/blocks/${randomUUID()}`;
+  const jws = await staticKey.sign({ uri, nonce: randomUUID(), curator: "kms://localhost", creator: "kms://localhost", created: rfc3339(new Date()), operations });
+  blockHashSync(jws);
+  sealCommonMessage(channelKey, kid, { status: 201, requestId: req.requestId, block: jws });
+});
+
 const appendImportEachTime = await both(async (i) => {
   const { payload } = await decryptCommonMessage(channelKey, requests[i % COUNT]!);
   const req = payload as AppendRequest;
@@ -162,5 +199,5 @@ const partsUs = {
 };
 
 const cpu = process.cpuUsage();
-const report: CeilingReport = { append, appendImportEachTime, appendNodeCrypto, partsUs, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+const report: CeilingReport = { append, genesis, appendImportEachTime, appendNodeCrypto, partsUs, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
 console.log(JSON.stringify(report));

@@ -19,6 +19,8 @@ export type LoadgenRequest =
   | { cmd: "pregen-start" }
   | { cmd: "pregen-target"; perChain: number }
   | { cmd: "phase"; warmupMs: number; measureMs: number }
+  /** Genesis: `create /blocks` making alice the only member, each call a new chain, closed loop. */
+  | { cmd: "genesis"; warmupMs: number; measureMs: number; concurrency: number }
   | { cmd: "big"; shape: BigChainShape; batch: number; budgetMs: number }
   | { cmd: "exit" };
 
@@ -148,6 +150,30 @@ async function phase(warmupMs: number, measureMs: number): Promise<PhaseResult> 
   }
 }
 
+/** Closed loop of genesis requests; each reply decrypted and checked (201, a block JWS). */
+async function genesisPhase(concurrency: number, warmupMs: number, measureMs: number): Promise<PhaseResult> {
+  const client = clientWithTimeout(concurrency);
+  const blockPayload = { operations: [{ entity: ALICE, optype: "add" }] };
+  try {
+    return await runPhase({
+      client,
+      concurrency,
+      warmupMs,
+      measureMs,
+      next: (w) => seal(channels[w % channels.length]!, session!.payload("create", "/blocks", { blockPayload })),
+      check: (res, _body, w) => {
+        if (res.status !== 200) return `HTTP ${res.status}`;
+        const reply = openReply(channels[w % channels.length]!, res.body.toString("latin1"));
+        if (reply.status !== 201) return `genesis ${reply.status}: ${reply.reason}`;
+        if (typeof reply.block !== "string" || reply.block.split(".").length !== 3) return "reply without a block JWS";
+        return undefined;
+      },
+    });
+  } finally {
+    client.close();
+  }
+}
+
 /**
  * The large chain through the server API: genesis (alice), then appends of `batch` blocks signed
  * by alice, one request in flight; signing runs ahead of the server by a few batches (pipelined
@@ -262,6 +288,8 @@ async function handle(req: LoadgenRequest): Promise<unknown> {
     }
     case "phase":
       return phase(req.warmupMs, req.measureMs);
+    case "genesis":
+      return genesisPhase(req.concurrency, req.warmupMs, req.measureMs);
     case "big":
       return buildBig(req.shape, req.batch, req.budgetMs);
     case "exit":

@@ -22,7 +22,7 @@ export class Children {
   constructor(private readonly cwd: string) {}
 
   /** `node <argv>` pinned to `core`, remembered for cleanup. */
-  start(core: number, argv: readonly string[], opts: SpawnOptions = {}): ChildProcess {
+  start(core: number | string, argv: readonly string[], opts: SpawnOptions = {}): ChildProcess {
     const child = spawnPinned(core, process.execPath, argv, { cwd: this.cwd, ...opts });
     this.list.push(child);
     return child;
@@ -123,7 +123,7 @@ export interface IpcChild<Req> {
   call<T>(req: Req): Promise<T>;
 }
 
-export function startIpcChild<Req>(children: Children, core: number, argv: readonly string[], env?: Record<string, string>): IpcChild<Req> {
+export function startIpcChild<Req>(children: Children, core: number | string, argv: readonly string[], env?: Record<string, string>): IpcChild<Req> {
   const child = children.start(core, argv, { stdio: ["ignore", "inherit", "inherit", "ipc"], ...(env ? { env: { ...process.env, ...env } } : {}) });
   let next = 0;
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();

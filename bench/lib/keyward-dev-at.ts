@@ -19,14 +19,23 @@ export function prepareDataDir(tmpPrefix: string, from?: string): { tmpDir: stri
 }
 
 /**
- * `node bin/keyward.js dev --dir <dir>` pinned to `core`, on free ports; `dir` may exist (it is
+ * `node bin/keyward.js dev --dir <dir>` (or `opts.command`) pinned to `core` (a core number, or a
+ * taskset list such as "0,1"), on free ports; `dir` may exist (it is
  * used as is) or not (keyward dev initialises it). `cleanup()` removes `tmpDir`. With `cpuProf`,
  * each start writes its profile to its own sub-dir of `<tmpDir>/prof`.
  */
 export async function startKeywardDevAt(
   children: Children,
-  core: number,
-  opts: { dir: string; tmpDir: string; cpuProf?: boolean; env?: Record<string, string>; label?: string },
+  core: number | string,
+  opts: {
+    dir: string;
+    tmpDir: string;
+    cpuProf?: boolean;
+    env?: Record<string, string>;
+    label?: string;
+    /** What to run instead of `bin/keyward.js dev --dir <dir>` (node arguments), e.g. `keyward serve`. */
+    command?: readonly string[];
+  },
 ): Promise<KeywardDev> {
   const { dir, tmpDir } = opts;
   const port = await freePort();
@@ -43,7 +52,7 @@ export async function startKeywardDevAt(
   const profDir = opts.cpuProf ? join(tmpDir, "prof", opts.label ?? String(Date.now())) : undefined;
   if (profDir) mkdirSync(profDir, { recursive: true });
   const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
-  const child = children.start(core, [...nodeArgs, "bin/keyward.js", "dev", "--dir", dir], {
+  const child = children.start(core, [...nodeArgs, ...(opts.command ?? ["bin/keyward.js", "dev", "--dir", dir])], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

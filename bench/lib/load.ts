@@ -11,6 +11,11 @@ export interface PhaseOptions {
   next(worker: number): string | undefined;
   /** Checks a response; returns an error description, or undefined when it is the expected reply. */
   check(response: SimpleResponse, body: string, worker: number): string | undefined;
+  /**
+   * An HTTP status that means "shed by the server" (e.g. 429): such replies are neither successes
+   * nor errors; they are counted apart, with their own latencies (`shed` in the result).
+   */
+  readonly shedStatus?: number;
 }
 
 export interface PhaseResult {
@@ -26,6 +31,8 @@ export interface PhaseResult {
   /** Slowest and fastest whole second of the window (req/s): a wide spread means a noisy run. */
   readonly perSecondMin: number;
   readonly perSecondMax: number;
+  /** Replies with `shedStatus` completed in the window, and their latencies (only when `shedStatus` was set). */
+  readonly shed?: { readonly count: number; readonly perSecond: number; readonly latency: LatencyStats };
 }
 
 /**
@@ -37,6 +44,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseResult> {
   const latencies = new Float64Array(4_000_000);
   const completions = new Float64Array(latencies.length);
   let n = 0;
+  const shedLatencies: number[] = [];
   let errors = 0;
   let firstError: string | undefined;
   let exhaustedAt = Infinity;
@@ -54,14 +62,20 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseResult> {
         return;
       }
       let problem: string | undefined;
+      let shed = false;
       try {
         const res = await o.client.post(w, body);
-        problem = o.check(res, body, w);
+        shed = res.status === o.shedStatus;
+        if (!shed) problem = o.check(res, body, w);
       } catch (e) {
         problem = e instanceof Error ? e.message : String(e);
       }
       const t1 = performance.now();
       if (t1 < measureFrom || t1 > measureTo) continue;
+      if (shed) {
+        shedLatencies.push(t1 - t0);
+        continue;
+      }
       if (problem !== undefined) {
         errors++;
         firstError ??= problem;
@@ -97,5 +111,8 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseResult> {
     exhausted: exhaustedAt !== Infinity,
     perSecondMin: Math.min(...seconds),
     perSecondMax: Math.max(...seconds),
+    ...(o.shedStatus !== undefined
+      ? { shed: { count: shedLatencies.length, perSecond: measuredMs > 0 ? shedLatencies.length / (measuredMs / 1000) : 0, latency: latencyStats(Float64Array.from(shedLatencies)) } }
+      : {}),
   };
 }

@@ -5,10 +5,10 @@ import { existsSync } from "node:fs";
 export const TASKSET = ["/usr/bin/taskset", "/bin/taskset"].find((p) => existsSync(p));
 
 /**
- * Spawns `command args` pinned to one CPU core with taskset (threads the process starts, such as
+ * Spawns `command args` pinned to one CPU core (or a taskset list such as "0,1") with taskset (threads the process starts, such as
  * libuv's thread pool, inherit the affinity), or unpinned when taskset is missing.
  */
-export function spawnPinned(core: number, command: string, args: readonly string[], options: SpawnOptions): ChildProcess {
+export function spawnPinned(core: number | string, command: string, args: readonly string[], options: SpawnOptions): ChildProcess {
   if (!TASKSET) return spawn(command, args, options);
   return spawn(TASKSET, ["-c", String(core), command, ...args], options);
 }

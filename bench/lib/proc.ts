@@ -52,3 +52,12 @@ export function coreTicks(core: number): { busy: number; total: number } {
     return { busy: Number.NaN, total: Number.NaN };
   }
 }
+
+/** PIDs of the direct children of `pid` (from /proc/<pid>/task/<pid>/children, else a /proc scan). */
+export function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
