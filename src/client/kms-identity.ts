@@ -249,7 +249,8 @@ export async function validateKmsIdentity(opts: {
       throw new KmsIdentityError(
         "ERR_KMS_CERT_CHAIN",
         `the KMS certificate chain ends at ${subj(last)} issued by "${last.issuer}", which is none of the ` +
-          `${roots.length} configured trust root(s) [${roots.map((r) => r.subject).join("; ")}] and is not signed by one`,
+          `${roots.length} configured trust root(s) [${roots.map((r) => r.subject).join("; ")}] and is not signed by one ` +
+          "(give the client the CA that issued the KMS certificate as a trust root)",
       );
     }
     const why = notCaReason(anchor, certs.length - 1);
@@ -269,10 +270,15 @@ export async function validateKmsIdentity(opts: {
   }
   if (!dnsNames.some((p) => matchesDnsName(p, domain))) {
     const who = userDomain.includes("@") ? `the user ${userDomain}` : "the user's domain";
-    throw new KmsIdentityError(
-      "ERR_KMS_CERT_NAME",
-      `KMS certificate names [${dnsNames.join(", ")}] but ${who} needs a certificate for ${domain}`,
-    );
+    let hint = "";
+    if (dnsNames.some((n) => n.includes("*"))) {
+      hint =
+        " (a wildcard matches only as the whole left-most label and for exactly one label: *.example.com covers " +
+        "kms.example.com, not example.com nor a.b.example.com; k*.example.com and kms.*.com match nothing)";
+    } else if (dnsNames.some((n) => n.toLowerCase().replace(/\.$/, "").endsWith(`.${domain}`))) {
+      hint = ` (a certificate for the KMS host is not enough: it must also carry a DNS SAN for ${domain}, the domain of the users the KMS serves; wire profile §2)`;
+    }
+    throw new KmsIdentityError("ERR_KMS_CERT_NAME", `KMS certificate names [${dnsNames.join(", ")}] but ${who} needs a certificate for ${domain}${hint}`);
   }
 
   // 5. The JWK is the leaf's key.

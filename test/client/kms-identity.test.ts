@@ -1,6 +1,8 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { describe, it, expect } from "vitest";
+import { CompactSign } from "jose";
+import { KmsClient, KmsProtocolError } from "../../src/client/index.js";
 import { KmsIdentityError, matchesDnsName, validateKmsIdentity } from "../../src/client/kms-identity.js";
 import { createDevCa, generateStaticKeyPair, issueKmsCertificate, toX5c } from "../../src/pki/dev-ca.js";
 
@@ -80,6 +82,10 @@ describe("matchesDnsName (RFC 6125 §6.4, RFC 9525 restrictions)", () => {
   });
 });
 
+const rsa1024 = await generateStaticKeyPair("rsa", 1024);
+const rsa2048 = await generateStaticKeyPair("rsa", 2048);
+const otherKey = await generateStaticKeyPair("ec");
+
 describe("validateKmsIdentity", () => {
   const roots = [ca.certPem];
   const accept = async (jwk: Awaited<ReturnType<typeof leafJwk>>, userDomain: string, trustRoots = roots) =>
@@ -87,93 +93,164 @@ describe("validateKmsIdentity", () => {
   const refuse = async (jwk: Awaited<ReturnType<typeof leafJwk>>, userDomain: string, trustRoots = roots, now?: Date) =>
     refusal(validateKmsIdentity({ jwk, trustRoots, userDomain, ...(now ? { now } : {}) }));
 
-  it("accepts an exact SAN for the user's domain (user id or bare domain)", async () => {
+  type Jwk = Awaited<ReturnType<typeof leafJwk>>;
+  interface Case {
+    readonly name: string;
+    readonly jwk: () => Promise<Jwk>;
+    readonly user: string;
+    readonly trustRoots?: string[];
+    /** Accepted: the DNS names returned. Refused: the code and the whole message (or a pattern). */
+    readonly expect: { dnsNames: string[] } | { code: KmsIdentityError["code"]; message: string | RegExp };
+  }
+  const WILDCARD_HINT =
+    " (a wildcard matches only as the whole left-most label and for exactly one label: *.example.com covers " +
+    "kms.example.com, not example.com nor a.b.example.com; k*.example.com and kms.*.com match nothing)";
+  const past = { notBefore: new Date(Date.now() - 10 * DAY), notAfter: new Date(Date.now() - DAY) };
+  const future = { notBefore: new Date(Date.now() + DAY), notAfter: new Date(Date.now() + 10 * DAY) };
+  // Certificates hold whole seconds.
+  const iso = (d: Date) => new Date(Math.floor(d.getTime() / 1000) * 1000).toISOString().replace(/[.]/g, "\\.");
+
+  const cases: Case[] = [
+    { name: "exact SAN for the user's domain", jwk: () => leafJwk(["example.com"]), user: "alice@example.com", expect: { dnsNames: ["example.com"] } },
+    { name: "exact SAN, bare domain given", jwk: () => leafJwk(["example.com"]), user: "example.com", expect: { dnsNames: ["example.com"] } },
+    {
+      name: "a certificate for the KMS host only, not the user's domain",
+      jwk: () => leafJwk(["kms.example.com"]),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_CERT_NAME",
+        message:
+          "KMS certificate names [kms.example.com] but the user alice@example.com needs a certificate for example.com (a certificate for the KMS host " +
+          "is not enough: it must also carry a DNS SAN for example.com, the domain of the users the KMS serves; wire profile §2)",
+      },
+    },
+    { name: "the KMS host and the user's domain (what keyward init issues)", jwk: () => leafJwk(["kms.example.com", "example.com"]), user: "alice@example.com", expect: { dnsNames: ["kms.example.com", "example.com"] } },
+    { name: "case differences in SAN and user id", jwk: () => leafJwk(["EXAMPLE.com"]), user: "Alice@Example.COM", expect: { dnsNames: ["EXAMPLE.com"] } },
+    { name: "*.example.com for kms.example.com", jwk: () => leafJwk(["*.example.com"]), user: "bob@kms.example.com", expect: { dnsNames: ["*.example.com"] } },
+    {
+      name: "*.example.com not for a.b.example.com (one label only)",
+      jwk: () => leafJwk(["*.example.com"]),
+      user: "bob@a.b.example.com",
+      expect: { code: "ERR_KMS_CERT_NAME", message: "KMS certificate names [*.example.com] but the user bob@a.b.example.com needs a certificate for a.b.example.com" + WILDCARD_HINT },
+    },
+    {
+      name: "*.example.com not for example.com (the wildcard needs a label)",
+      jwk: () => leafJwk(["*.example.com"]),
+      user: "bob@example.com",
+      expect: { code: "ERR_KMS_CERT_NAME", message: "KMS certificate names [*.example.com] but the user bob@example.com needs a certificate for example.com" + WILDCARD_HINT },
+    },
+    {
+      name: "partial wildcard k*.example.com",
+      jwk: () => leafJwk(["k*.example.com"]),
+      user: "bob@kms.example.com",
+      expect: { code: "ERR_KMS_CERT_NAME", message: "KMS certificate names [k*.example.com] but the user bob@kms.example.com needs a certificate for kms.example.com" + WILDCARD_HINT },
+    },
+    {
+      name: "wildcard not left-most: kms.*.com",
+      jwk: () => leafJwk(["kms.*.com"]),
+      user: "bob@kms.example.com",
+      expect: { code: "ERR_KMS_CERT_NAME", message: "KMS certificate names [kms.*.com] but the user bob@kms.example.com needs a certificate for kms.example.com" + WILDCARD_HINT },
+    },
+    {
+      name: "two wildcards *.*.example.com",
+      jwk: () => leafJwk(["*.*.example.com"]),
+      user: "bob@a.b.example.com",
+      expect: { code: "ERR_KMS_CERT_NAME", message: "KMS certificate names [*.*.example.com] but the user bob@a.b.example.com needs a certificate for a.b.example.com" + WILDCARD_HINT },
+    },
+    {
+      name: "CN-only certificate (no CN fallback)",
+      jwk: () => leafJwk([], { omitSan: true, commonName: "example.com" }),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_CERT_NO_SAN",
+        message: 'KMS certificate "CN=example.com" has no DNS SubjectAltName; a DNS name for example.com is required (the subject CN is not used)',
+      },
+    },
+    {
+      name: "wrong SAN",
+      jwk: () => leafJwk(["example.org", "www.example.org"]),
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_NAME", message: "KMS certificate names [example.org, www.example.org] but the user alice@example.com needs a certificate for example.com" },
+    },
+    {
+      name: "chain to an unknown CA",
+      jwk: () => leafJwk(["example.com"]),
+      user: "alice@example.com",
+      trustRoots: [otherCa.certPem],
+      expect: {
+        code: "ERR_KMS_CERT_CHAIN",
+        message:
+          'the KMS certificate chain ends at "CN=example.com" issued by "CN=Keyward Test Root", which is none of the 1 configured trust root(s) ' +
+          "[CN=Some Other Root] and is not signed by one (give the client the CA that issued the KMS certificate as a trust root)",
+      },
+    },
+    {
+      name: "no trust roots at all",
+      jwk: () => leafJwk(["example.com"]),
+      user: "alice@example.com",
+      trustRoots: [],
+      expect: { code: "ERR_KMS_CERT_CHAIN", message: /none of the 0 configured trust root\(s\) \[\]/ },
+    },
+    {
+      name: "expired",
+      jwk: () => leafJwk(["example.com"], past),
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_EXPIRED", message: new RegExp(`^KMS certificate "CN=example.com" expired at ${iso(past.notAfter)}; now is \\S+Z$`) },
+    },
+    {
+      name: "not yet valid",
+      jwk: () => leafJwk(["example.com"], future),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_CERT_NOT_YET_VALID",
+        message: new RegExp(`^KMS certificate "CN=example.com" is not valid before ${iso(future.notBefore)}; now is \\S+Z \\(check the clocks\\)$`),
+      },
+    },
+    {
+      name: "a JWK that is not the leaf's key",
+      jwk: async () => jwkOf(otherKey, [(await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com"], publicKey: ecKey.publicKey })).cert]),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_JWK_MISMATCH",
+        message: /^the KMS JWK \(kid kms-static-1\) \(EC key, thumbprint [\w-]{43}\) is not the key of its certificate "CN=example.com" \(EC key, thumbprint [\w-]{43}\)$/,
+      },
+    },
+    {
+      name: "an RSA key below 2048 bits",
+      jwk: async () => jwkOf(rsa1024, [(await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com"], publicKey: rsa1024.publicKey })).cert]),
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_KEY_TOO_SMALL", message: 'certificate "CN=example.com" has a 1024-bit RSA key; at least 2048 bits are required' },
+    },
+    {
+      name: "an RSA-2048 key",
+      jwk: async () => jwkOf(rsa2048, [(await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com"], publicKey: rsa2048.publicKey })).cert]),
+      user: "alice@example.com",
+      expect: { dnsNames: ["example.com"] },
+    },
+  ];
+
+  it.each(cases.map((c) => [("dnsNames" in c.expect ? "accepts " : "refuses ") + c.name, c] as const))("%s", async (_name, c) => {
+    const run = validateKmsIdentity({ jwk: await c.jwk(), trustRoots: c.trustRoots ?? roots, userDomain: c.user });
+    if ("dnsNames" in c.expect) {
+      expect((await run).dnsNames).toEqual(c.expect.dnsNames);
+      return;
+    }
+    const e = await refusal(run);
+    expect(e.code).toBe(c.expect.code);
+    if (typeof c.expect.message === "string") expect(e.message).toBe(c.expect.message);
+    else expect(e.message).toMatch(c.expect.message);
+  });
+
+  it("accepts an unknown CA once it is in a trust bundle", async () => {
     const jwk = await leafJwk(["example.com"]);
-    const r = await accept(jwk, "alice@example.com");
-    expect(r.dnsNames).toEqual(["example.com"]);
+    const r = await accept(jwk, "alice@example.com", [otherCa.certPem + "\n" + ca.certPem]);
     expect(r.leaf.subject).toBe("CN=example.com");
-    await accept(jwk, "example.com");
   });
 
-  it("refuses a certificate for the KMS host rather than the user's domain", async () => {
-    const e = await refuse(await leafJwk(["kms.example.com"]), "alice@example.com");
-    expect(e.code).toBe("ERR_KMS_CERT_NAME");
-    expect(e.message).toBe("KMS certificate names [kms.example.com] but the user alice@example.com needs a certificate for example.com");
-  });
-
-  it("accepts case differences in SAN and user id", async () => {
-    await accept(await leafJwk(["EXAMPLE.com"]), "Alice@Example.COM");
-  });
-
-  it("wildcard *.example.com: matches a.example.com, not example.com nor a.b.example.com", async () => {
-    const jwk = await leafJwk(["*.example.com"]);
-    await accept(jwk, "bob@a.example.com");
-    expect((await refuse(jwk, "bob@example.com")).code).toBe("ERR_KMS_CERT_NAME");
-    expect((await refuse(jwk, "bob@a.b.example.com")).code).toBe("ERR_KMS_CERT_NAME");
-  });
-
-  it("refuses partial and multiple wildcards", async () => {
-    expect((await refuse(await leafJwk(["a*.example.com"]), "bob@ab.example.com")).code).toBe("ERR_KMS_CERT_NAME");
-    expect((await refuse(await leafJwk(["*.*.example.com"]), "bob@a.b.example.com")).code).toBe("ERR_KMS_CERT_NAME");
-  });
-
-  it("refuses a CN-only certificate (no CN fallback)", async () => {
-    const jwk = await leafJwk([], { omitSan: true, commonName: "example.com" });
-    const e = await refuse(jwk, "alice@example.com");
-    expect(e.code).toBe("ERR_KMS_CERT_NO_SAN");
-    expect(e.message).toMatch(/no DNS SubjectAltName/);
-  });
-
-  it("refuses a wrong SAN", async () => {
-    const e = await refuse(await leafJwk(["example.org", "www.example.org"]), "alice@example.com");
-    expect(e.code).toBe("ERR_KMS_CERT_NAME");
-    expect(e.message).toContain("[example.org, www.example.org]");
-  });
-
-  it("refuses a chain to an unknown CA, and accepts it when that CA is in a trust bundle", async () => {
-    const jwk = await leafJwk(["example.com"]);
-    const e = await refuse(jwk, "alice@example.com", [otherCa.certPem]);
-    expect(e.code).toBe("ERR_KMS_CERT_CHAIN");
-    expect(e.message).toContain("Some Other Root");
-    await accept(jwk, "alice@example.com", [otherCa.certPem + "\n" + ca.certPem]);
-    expect((await refuse(jwk, "alice@example.com", [])).code).toBe("ERR_KMS_CERT_CHAIN");
-  });
-
-  it("refuses an expired certificate", async () => {
-    const jwk = await leafJwk(["example.com"], { notBefore: new Date(Date.now() - 10 * DAY), notAfter: new Date(Date.now() - DAY) });
-    const e = await refuse(jwk, "alice@example.com");
-    expect(e.code).toBe("ERR_KMS_CERT_EXPIRED");
-    expect(e.message).toMatch(/expired at/);
-  });
-
-  it("refuses a not-yet-valid certificate, and honours `now`", async () => {
-    const notBefore = new Date(Date.now() + DAY);
-    const jwk = await leafJwk(["example.com"], { notBefore, notAfter: new Date(Date.now() + 10 * DAY) });
-    expect((await refuse(jwk, "alice@example.com")).code).toBe("ERR_KMS_CERT_NOT_YET_VALID");
+  it("honours `now` for the validity period", async () => {
+    const jwk = await leafJwk(["example.com"], future);
     await validateKmsIdentity({ jwk, trustRoots: roots, userDomain: "example.com", now: new Date(Date.now() + 2 * DAY) });
-    const later = new Date(Date.now() + 20 * DAY);
-    expect((await refuse(jwk, "alice@example.com", roots, later)).code).toBe("ERR_KMS_CERT_EXPIRED");
-  });
-
-  it("refuses a JWK that is not the leaf's key", async () => {
-    const { cert } = await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com"], publicKey: ecKey.publicKey });
-    const other = await generateStaticKeyPair("ec");
-    const e = await refuse(jwkOf(other, [cert]), "alice@example.com");
-    expect(e.code).toBe("ERR_KMS_JWK_MISMATCH");
-    expect(e.message).toContain("kms-static-1");
-  });
-
-  it("refuses an RSA-1024 leaf and accepts an RSA-2048 leaf", async () => {
-    const rsa1024 = await generateStaticKeyPair("rsa", 1024);
-    const small = await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com"], publicKey: rsa1024.publicKey });
-    const e = await refuse(jwkOf(rsa1024, [small.cert]), "alice@example.com");
-    expect(e.code).toBe("ERR_KMS_KEY_TOO_SMALL");
-    expect(e.message).toMatch(/1024-bit RSA key; at least 2048/);
-
-    const rsa2048 = await generateStaticKeyPair("rsa", 2048);
-    const ok = await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com"], publicKey: rsa2048.publicKey });
-    const r = await accept(jwkOf(rsa2048, [ok.cert]), "alice@example.com");
-    expect(r.dnsNames).toEqual(["example.com"]);
+    expect((await refuse(jwk, "alice@example.com", roots, new Date(Date.now() + 20 * DAY))).code).toBe("ERR_KMS_CERT_EXPIRED");
   });
 
   it("accepts a chain through an intermediate CA (with or without the root in x5c)", async () => {
@@ -236,5 +313,59 @@ describe("validateKmsIdentity", () => {
     der[der.length - 5]! ^= 0x01; // inside the signature value
     const jwk = { ...ecKey.publicJwk, x5c: [new x509.X509Certificate(der).toString("base64")] };
     expect((await refusal(validateKmsIdentity({ jwk, trustRoots: roots, userDomain: "example.com" }))).code).toBe("ERR_KMS_CERT_CHAIN");
+  });
+});
+
+describe("KmsClient: previous KMS keys from discovery (static key rotation)", () => {
+  const KMS = "kms://kms.example.com";
+  const signer = async () => {
+    const key = await generateStaticKeyPair("ec");
+    const { cert } = await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com"], publicKey: key.publicKey });
+    return { key, jwk: { ...key.publicJwk, kid: KMS, x5c: toX5c([cert]) } };
+  };
+  const sign = (key: CryptoKey, payload: unknown) =>
+    new CompactSign(new TextEncoder().encode(JSON.stringify(payload))).setProtectedHeader({ alg: "ES256", kid: KMS }).sign(key);
+
+  it("trusts only previous keys that pass the same identity checks; fails closed on the others", async () => {
+    const current = await signer();
+    const previous = await signer();
+    const untrusted = await generateStaticKeyPair("ec");
+    const untrustedCert = (await issueKmsCertificate({ ca: { cert: otherCa.cert, privateKey: otherCa.keys.privateKey }, dnsNames: ["example.com"], publicKey: untrusted.publicKey })).cert;
+    const wrongName = await generateStaticKeyPair("ec");
+    const wrongNameCert = (await issueKmsCertificate({ ca: caRef, dnsNames: ["example.org"], publicKey: wrongName.publicKey })).cert;
+    const wrongKid = await signer();
+    const doc = {
+      uri: KMS,
+      jwk: current.jwk,
+      protocol: "draft-abiggs-saag-key-management-service-03",
+      previousKeys: [
+        previous.jwk,
+        { ...untrusted.publicJwk, kid: KMS, x5c: toX5c([untrustedCert]) },
+        { ...wrongName.publicJwk, kid: KMS, x5c: toX5c([wrongNameCert]) },
+        { ...wrongKid.jwk, kid: "kms://elsewhere.example" },
+        "not a key",
+      ],
+    };
+    let discoveries = 0;
+    const client = new KmsClient({
+      transport: { send: () => Promise.reject(new Error("no messages here")), discover: async () => (discoveries++, doc) },
+      user: "alice@example.com",
+      token: "t",
+      trustRoots: [ca.certPem],
+    });
+    const info = await client.discover();
+    expect(info.previousJwks).toEqual([previous.jwk]);
+    expect(await client.verifyKmsSignature(await sign(current.key.privateKey, { n: 1 }))).toEqual({ n: 1 });
+    expect(await client.verifyKmsSignature(await sign(previous.key.privateKey, { n: 2 }))).toEqual({ n: 2 });
+    expect(discoveries).toBe(1);
+    for (const k of [untrusted.privateKey, wrongName.privateKey, wrongKid.key.privateKey]) {
+      const e = await client.verifyKmsSignature(await sign(k, { n: 3 })).catch((err: unknown) => err);
+      expect(e).toBeInstanceOf(KmsProtocolError);
+      expect((e as InstanceType<typeof KmsProtocolError>).message).toBe(
+        "a KMS reply is not signed by the KMS static key (nor by any of its authenticated previous keys)",
+      );
+    }
+    // One re-discovery per failed verification, never more.
+    expect(discoveries).toBe(4);
   });
 });
