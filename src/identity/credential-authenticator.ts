@@ -25,8 +25,11 @@ export interface CredentialAuthenticatorOptions {
   readonly certificates?: CertificateCredentialVerifier;
 }
 
-/** A compact JWS has three base64url parts; anything else is an opaque token. */
-const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+/**
+ * A compact JWS has three base64url parts; anything else is an opaque token. The signature part
+ * may be empty so that an `alg: none` token reaches the JWT validator and is refused as such.
+ */
+const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /**
  * Dispatches a credential to its validator (§6): a bearer token that looks like a JWT to the
@@ -45,7 +48,7 @@ export class CredentialAuthenticator implements Authenticator {
       const token = credential.bearer;
       if (JWT_SHAPE.test(token)) return this.options.jwt.validate(token);
       if (!this.options.introspection) {
-        throw unauthorized("bearer token refused: not a JWT, and this KMS has no introspection endpoint configured for opaque tokens", "ERR_TOKEN_INVALID");
+        throw unauthorized("bearer token refused: not a valid JWT, and this KMS has no introspection endpoint configured for opaque tokens", "ERR_TOKEN_INVALID");
       }
       return this.options.introspection.validate(token);
     }
