@@ -58,8 +58,9 @@ export async function createDevCa(opts: { commonName?: string; validDays?: numbe
 /**
  * Issues a KMS leaf certificate signed by `ca`: DNS SubjectAltName with every `dnsNames` entry,
  * BasicConstraints cA=false, critical KeyUsage (digitalSignature|keyAgreement for EC,
- * digitalSignature|keyEncipherment for RSA), ExtendedKeyUsage serverAuth, AuthorityKeyIdentifier
- * (and SubjectKeyIdentifier). `publicKey` may be any EC or RSA CryptoKey (ECDSA, ECDH,
+ * digitalSignature|keyEncipherment for RSA), ExtendedKeyUsage serverAuth and clientAuth (a KMS
+ * presents the same certificate as a credential to peer KMS servers, which require clientAuth),
+ * AuthorityKeyIdentifier (and SubjectKeyIdentifier). `publicKey` may be any EC or RSA CryptoKey (ECDSA, ECDH,
  * RSASSA-PKCS1-v1_5, RSA-OAEP, ...): only its SPKI is used.
  *
  * Test knobs: `notBefore` / `notAfter` override `validDays`; `omitSan` with `commonName` makes
@@ -100,7 +101,7 @@ export async function issueKmsCertificate(opts: {
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(false, undefined, true),
     new x509.KeyUsagesExtension(F.digitalSignature | (isEc ? F.keyAgreement : F.keyEncipherment), true),
-    new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+    new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
     aki,
     await x509.SubjectKeyIdentifierExtension.create(spki),
   ];

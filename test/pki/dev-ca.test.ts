@@ -33,7 +33,7 @@ describe("createDevCa", () => {
 });
 
 describe("issueKmsCertificate", () => {
-  it("issues an EC leaf: SAN, cA=false, digitalSignature|keyAgreement, serverAuth, AKI = CA SKI", async () => {
+  it("issues an EC leaf: SAN, cA=false, digitalSignature|keyAgreement, serverAuth+clientAuth, AKI = CA SKI", async () => {
     const kms = await generateStaticKeyPair("ec");
     const { cert, certPem } = await issueKmsCertificate({ ca: caRef, dnsNames: ["example.com", "kms.example.com"], publicKey: kms.publicKey });
     expect(certPem).toContain("BEGIN CERTIFICATE");
@@ -44,7 +44,7 @@ describe("issueKmsCertificate", () => {
     expect(cert.getExtension(x509.BasicConstraintsExtension)?.ca).toBe(false);
     const F = x509.KeyUsageFlags;
     expect(cert.getExtension(x509.KeyUsagesExtension)?.usages).toBe(F.digitalSignature | F.keyAgreement);
-    expect(cert.getExtension(x509.ExtendedKeyUsageExtension)?.usages).toEqual([x509.ExtendedKeyUsage.serverAuth]);
+    expect(cert.getExtension(x509.ExtendedKeyUsageExtension)?.usages).toEqual([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]);
     expect(cert.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId).toBe(
       ca.cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId,
     );
