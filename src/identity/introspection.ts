@@ -98,6 +98,11 @@ export class TokenIntrospector implements BearerTokenValidator {
       if (cached.until > now) return cached.identity;
       this.cache.delete(key);
     }
+    if (looksLikeJose(token)) {
+      // A compact JWS/JWE that is not a well-formed JWT (e.g. `alg: none` with an empty signature):
+      // never an opaque token, and not worth a round trip to the identity provider.
+      throw invalid("not a valid JWT (a malformed or unsigned JWS)");
+    }
     const running = this.inFlight.get(key);
     if (running !== undefined) return running;
     const call = this.introspect(token).finally(() => this.inFlight.delete(key));
@@ -181,6 +186,18 @@ function invalid(what: string) {
 
 function unavailable(what: string) {
   return unauthorized(`bearer token refused: the identity provider's introspection endpoint ${what}; opaque tokens cannot be checked`, "ERR_IDP_UNAVAILABLE");
+}
+
+/** True when the token's first dot-separated part decodes to a JSON object with `alg`: a JOSE object, not an opaque token. */
+function looksLikeJose(token: string): boolean {
+  const dot = token.indexOf(".");
+  if (dot <= 0) return false;
+  try {
+    const header: unknown = JSON.parse(Buffer.from(token.slice(0, dot), "base64url").toString("utf8"));
+    return typeof header === "object" && header !== null && "alg" in header;
+  } catch {
+    return false;
+  }
 }
 
 function isRefreshToken(v: unknown): boolean {

@@ -136,6 +136,17 @@ describe("TokenIntrospector: refusals (401, stable codes, never the token)", () 
     expect(state.calls).toHaveLength(2);
   });
 
+  it("a malformed or unsigned JWS (alg none) is refused without asking the endpoint", async () => {
+    const { v, state, active } = setup(() => active());
+    const enc = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const e = await refusal(v.validate(`${enc({ alg: "none", typ: "at+jwt" })}.${enc({ email: "a@b.example" })}.`));
+    expect(e.code).toBe("ERR_TOKEN_INVALID");
+    expect(e.reason).toMatch(/not a valid JWT/);
+    expect(state.calls).toHaveLength(0);
+    await v.validate("ya29.opaque-with-dots.still-opaque");
+    expect(state.calls).toHaveLength(1);
+  });
+
   it("times out (fail closed) when the endpoint does not answer", async () => {
     const hang = (async (_url: string, init: RequestInit) =>
       new Promise((_resolve, reject) => init.signal!.addEventListener("abort", () => reject(init.signal!.reason)))) as unknown as typeof fetch;
