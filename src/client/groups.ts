@@ -294,6 +294,8 @@ export class Groups {
     const { x5c: _x5c, ...kmsKey } = info.jwk;
     return {
       kmsKey,
+      // Genesis blocks signed before a static key rotation verify with the previous keys.
+      previousKmsKeys: info.previousJwks.map(({ x5c: _p, ...jwk }) => jwk),
       kmsUri: info.uri,
       keysOf: async (entity) => (await this.keysOf(entity, { includeRevoked: true })).map(({ created: _c, revoked: _r, ...jwk }) => jwk),
       ...(groupUri !== undefined ? { chainUri: groupUri } : {}),

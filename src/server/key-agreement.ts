@@ -27,15 +27,21 @@ export async function createEphemeralKey(services: CoreServices, message: string
   await checkEphemeralPublicKey(header);
   const alg = header.alg as string;
 
-  let plaintext: Uint8Array;
-  try {
-    ({ plaintext } = await compactDecrypt(message, await staticKey.keyFor(alg), {
-      keyManagementAlgorithms: [alg],
-      contentEncryptionAlgorithms: [CONTENT_ENCRYPTION],
-    }));
-  } catch {
-    throw new KeyAgreementError(unauthorized("the request does not decrypt with the KMS static key", "ERR_DECRYPT"));
+  // Every key generation has the same kid (the KMS URI), so the request cannot say which key it
+  // was encrypted to: try the current key, then previous keys still in their grace period.
+  let plaintext: Uint8Array | undefined;
+  for (const key of await staticKey.decryptionKeysFor(alg)) {
+    try {
+      ({ plaintext } = await compactDecrypt(message, key, {
+        keyManagementAlgorithms: [alg],
+        contentEncryptionAlgorithms: [CONTENT_ENCRYPTION],
+      }));
+      break;
+    } catch {
+      // not this key: try the next
+    }
   }
+  if (!plaintext) throw new KeyAgreementError(unauthorized("the request does not decrypt with the KMS static key", "ERR_DECRYPT"));
 
   const text = new TextDecoder().decode(plaintext);
   // JWE(K_kms_pub, JWS(K_client_priv, request)): a certificate credential with proof of possession

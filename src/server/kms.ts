@@ -2,15 +2,13 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { Counter, Registry, collectDefaultMetrics } from "prom-client";
-import { PROTOCOL_NAME } from "../protocol/constants.js";
-import { kmsUri } from "../protocol/uri.js";
 import type { Authenticator } from "../identity/authenticator.js";
 import type { Store } from "../store/store.js";
 import { createHttpHandler } from "../transport/http/http-binding.js";
 import { Barrier } from "./barrier/barrier.js";
 import type { CoreSettings } from "./context.js";
 import { KmsCore } from "./core.js";
-import { discoveryRoutes } from "./discovery.js";
+import { discoveryRoutes, kmsDiscoveryDocument } from "./discovery.js";
 import type { StaticKey } from "./static-key.js";
 
 /** Expired channels are kept this long (§4: remembered ≥ 24 h, so late requests get 403, not 401). */
@@ -84,7 +82,7 @@ export class Kms {
 
   /** The `/.well-known/kms` document (§3). */
   wellKnown(): unknown {
-    return { uri: kmsUri(this.options.settings.authority), jwk: this.options.staticKey.publicJwk, protocol: PROTOCOL_NAME };
+    return kmsDiscoveryDocument(this.options.settings.authority, this.options.staticKey);
   }
 
   /** The Node request listener of the HTTP binding. */

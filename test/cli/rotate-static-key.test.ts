@@ -11,7 +11,6 @@ import { DeviceKey, Groups, GroupKeys, KmsClient, KmsProtocolError } from "../..
 import { HttpTransport } from "../../src/client/transport.js";
 import { createDevCa, generateStaticKeyPair, issueKmsCertificate } from "../../src/pki/dev-ca.js";
 import { DATA_FILES, loadMasterKey, loadStaticKey } from "../../src/server/data-dir.js";
-import { kmsDiscoveryDocument } from "../../src/server/discovery.js";
 import { createLogger } from "../../src/server/logger.js";
 import { kmsFromConfig } from "../../src/server/start.js";
 import type { Kms } from "../../src/server/kms.js";
@@ -87,22 +86,12 @@ describe("keyward rotate-static-key, then a restart from the same data dir", () 
     expect(r.code).toBe(0);
     rotateOut = r.stdout;
 
-    // Restart from the same data dir on the same port. `/.well-known/kms` is served from
-    // kmsDiscoveryDocument: the function Kms.wellKnown() is to call (src/server/kms.ts is not ours).
+    // Restart from the same data dir (and so the same store) on the same port.
     const port = Number(new URL(tk.url).port);
     await tk.kms.close();
     const logger = createLogger("silent", new Writable({ write: (_c, _e, cb) => cb() }));
     restarted = await kmsFromConfig(tk.config, { logger });
-    const staticKey = await loadStaticKey(tk.config, loadMasterKey(tk.config));
-    const listener = restarted.httpListener();
-    server = http.createServer((req, res) => {
-      if (req.method === "GET" && req.url === "/.well-known/kms") {
-        const body = JSON.stringify(kmsDiscoveryDocument(tk.config.authority, staticKey));
-        res.writeHead(200, { "content-type": "application/json" }).end(body);
-        return;
-      }
-      listener(req, res);
-    });
+    server = http.createServer(restarted.httpListener());
     await new Promise<void>((ok) => server.listen(port, "127.0.0.1", ok));
   }, 60_000);
 
@@ -189,9 +178,7 @@ describe("keyward rotate-static-key, then a restart from the same data dir", () 
     expect(transport.discoveries).toBe(2);
   });
 
-  // Needs src/server/key-agreement.ts to decrypt with StaticKey.decryptionKeysFor(alg) (another
-  // helper's file): until then the KMS answers 401 "does not decrypt". Enable after that integration.
-  it.skip("an ECDHE encrypted to the OLD key still works during the grace period", async () => {
+  it("an ECDHE encrypted to the OLD key still works during the grace period", async () => {
     const pair = await generateEphemeralKeyPair();
     const { kty, crv, x, y } = await exportJWK(pair.publicKey);
     const payload = {

@@ -48,6 +48,11 @@ export class ChainVerificationError extends Error {
 export interface VerifyChainOptions {
   /** The KMS static public key: EC P-256 (genesis signed ES256) or RSA (RS256 or PS256). */
   kmsKey: JWK;
+  /**
+   * Keys the KMS used before a static key rotation (discovery's `previousKeys`): a genesis block
+   * signed before the rotation verifies with one of them.
+   */
+  previousKmsKeys?: readonly JWK[];
   /** The KMS URI, `kms://<authority>`: the genesis block's curator and creator, and the static key's kid. */
   kmsUri: string;
   /**
@@ -229,12 +234,19 @@ export async function verifyChain(blocks: readonly string[], opts: VerifyChainOp
       if (kid !== undefined && !samePrincipal(kid, opts.kmsUri)) {
         throw fail("ERR_CHAIN_SIGNATURE", `the genesis block names key '${kid}', not the KMS key (${opts.kmsUri})`);
       }
-      if (!signatureAlgorithmsFor(opts.kmsKey).includes(alg)) {
+      // The current key first, then keys from before a rotation; each only for algorithms of its type.
+      const candidates = [opts.kmsKey, ...(opts.previousKmsKeys ?? [])].filter((k) => signatureAlgorithmsFor(k).includes(alg));
+      if (candidates.length === 0) {
         throw fail("ERR_CHAIN_SIGNATURE", `alg '${alg}' does not fit the KMS key (kty ${String(opts.kmsKey.kty)})`);
       }
-      if (!(await verifiesWith(block.jws, opts.kmsKey, alg))) {
-        throw fail("ERR_CHAIN_SIGNATURE", "the genesis block is not signed by the KMS static key");
+      let signed = false;
+      for (const key of candidates) {
+        if (await verifiesWith(block.jws, key, alg)) {
+          signed = true;
+          break;
+        }
       }
+      if (!signed) throw fail("ERR_CHAIN_SIGNATURE", "the genesis block is not signed by the KMS static key");
       curator = genesis.curator;
     } else {
       if (block.genesis) throw fail("ERR_CHAIN_GENESIS", "a genesis block after block 0 (only the first block may be one)");
