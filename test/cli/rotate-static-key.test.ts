@@ -56,6 +56,7 @@ describe("keyward rotate-static-key, then a restart from the same data dir", () 
   let staleClient: KmsClient;
   let staleDevice: DeviceKey;
   let rotateOut: string;
+  let oldGroupUri: string;
 
   const sdk = (transport = new CountingTransport(tk.url)) => {
     const c = new KmsClient({ transport, user: ALICE, token: () => tk.token(ALICE), trustRoots: [tk.caPem] });
@@ -74,6 +75,8 @@ describe("keyward rotate-static-key, then a restart from the same data dir", () 
     oldChannel = channelClient.channel!.uri;
     staleDevice = await DeviceKey.generate({ kid: "alice-phone" });
     await new Groups(channelClient, { user: ALICE, device: staleDevice }).registerDevice();
+    // A group whose genesis block the old key signed.
+    oldGroupUri = (await new Groups(channelClient, { user: ALICE, device: staleDevice }).create([ALICE])).uri;
     const created = await channelClient.request("create", "/gks");
     oldGkJws = created.gk as string;
     oldGkUri = ((await channelClient.verifyKmsSignature(oldGkJws)) as { uri: string }).uri;
@@ -145,6 +148,12 @@ describe("keyward rotate-static-key, then a restart from the same data dir", () 
     const fetched = await new GroupKeys(fresh, { user: ALICE, device: staleDevice }).fetch(oldGkUri);
     expect(fetched.uri).toBe(oldGkUri);
     expect(transport.discoveries).toBe(1);
+  });
+
+  it("a fresh client verifies a chain whose genesis block the old key signed (via previousKeys)", async () => {
+    const fresh = sdk();
+    const chain = await new Groups(fresh, { user: ALICE, device: staleDevice }).verify(oldGroupUri);
+    expect(chain.members.has(ALICE)).toBe(true);
   });
 
   it("a client holding only the OLD certificate verifies the old signature without asking the KMS", async () => {
