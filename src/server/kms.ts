@@ -5,6 +5,7 @@ import { Counter, Registry, collectDefaultMetrics } from "prom-client";
 import type { Authenticator } from "../identity/authenticator.js";
 import type { Store } from "../store/store.js";
 import { createHttpHandler } from "../transport/http/http-binding.js";
+import { EventLoopLag } from "../transport/http/event-loop-lag.js";
 import { Barrier } from "./barrier/barrier.js";
 import type { CoreSettings } from "./context.js";
 import { KmsCore } from "./core.js";
@@ -13,12 +14,19 @@ import type { StaticKey } from "./static-key.js";
 
 /** Expired channels are kept this long (§4: remembered ≥ 24 h, so late requests get 403, not 401). */
 const EXPIRED_CHANNEL_RETENTION_MS = 24 * 3600 * 1000;
+/**
+ * Shedding threshold: a request that waits 100 ms for the loop is already far beyond a healthy
+ * p99 (a few ms), while GC pauses and bursts stay well below it.
+ */
+const DEFAULT_MAX_EVENT_LOOP_LAG_MS = 100;
 
 export interface KmsOptions {
   readonly settings: CoreSettings & {
     readonly maxMessageBytes: number;
     readonly maxBatchMessages: number;
     readonly maxInFlight?: number;
+    /** Event-loop lag (ms) above which new messages are shed with 429; 0 = never (default 100). */
+    readonly maxEventLoopLagMs?: number;
     /** The public HTTP origin, for absolute URLs (§3); default: the origin a request came to. */
     readonly publicUrl?: string;
   };
@@ -42,6 +50,7 @@ export interface KmsOptions {
 export class Kms {
   private server?: http.Server;
   private purgeTimer?: NodeJS.Timeout;
+  private lag?: EventLoopLag;
 
   private constructor(
     readonly core: KmsCore,
@@ -88,6 +97,9 @@ export class Kms {
   /** The Node request listener of the HTTP binding. */
   httpListener(): http.RequestListener {
     const { settings, store } = this.options;
+    const maxLag = settings.maxEventLoopLagMs ?? DEFAULT_MAX_EVENT_LOOP_LAG_MS;
+    if (maxLag > 0 && !this.lag) this.lag = new EventLoopLag().start();
+    const lag = this.lag;
     return createHttpHandler({
       handle: (m) => this.core.handle(m),
       wellKnown: () => this.wellKnown(),
@@ -96,6 +108,7 @@ export class Kms {
       maxMessageBytes: settings.maxMessageBytes,
       maxBatchMessages: settings.maxBatchMessages,
       maxInFlight: settings.maxInFlight ?? 4096,
+      ...(lag ? { overloaded: () => lag.currentMs() > maxLag } : {}),
       extraRoutes: discoveryRoutes({ store, domain: settings.domain, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
   }
@@ -122,6 +135,7 @@ export class Kms {
   /** Stops accepting connections, lets in-flight requests finish, closes the store. */
   async close(): Promise<void> {
     if (this.purgeTimer) clearInterval(this.purgeTimer);
+    this.lag?.stop();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {

@@ -6,6 +6,7 @@ import fc from "fast-check";
 import { base64url } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createHttpHandler } from "../../src/transport/http/http-binding.js";
+import { EventLoopLag } from "../../src/transport/http/event-loop-lag.js";
 import { openJws, RawClient, startTestKms, type TestKms } from "../helpers/harness.js";
 import { DATA_FILES } from "../../src/server/data-dir.js";
 
@@ -103,5 +104,57 @@ describe("HTTP load shedding (§3)", () => {
     expect((await first).status).toBe(400); // "a.b.c" is not JOSE (its header is not JSON)
     expect((await send()).status).toBe(400);
     server.close();
+  });
+
+  it("sheds with 429 while the server is overloaded (event loop lagging), without running the message, and recovers", async () => {
+    let overloaded = true;
+    let handled = 0;
+    const server = http.createServer(
+      createHttpHandler({
+        handle: async (m) => {
+          handled++;
+          return m;
+        },
+        wellKnown: () => ({}),
+        ready: async () => {},
+        metrics: async () => ({ contentType: "text/plain", body: "" }),
+        maxMessageBytes: 1024,
+        maxBatchMessages: 2,
+        maxInFlight: 100,
+        overloaded: () => overloaded,
+      }),
+    );
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/kms/messages`;
+    const send = () => fetch(url, { method: "POST", headers: { "content-type": "application/jose" }, body: "a.b.c" });
+    const shed = await send();
+    expect(shed.status).toBe(429);
+    expect(shed.headers.get("retry-after")).toBe("1");
+    expect(handled).toBe(0);
+    // Discovery and health checks are never shed: an operator must see an overloaded KMS.
+    expect((await fetch(url.replace("/kms/messages", "/healthz"))).status).toBe(200);
+    overloaded = false;
+    expect((await send()).status).toBe(400);
+    expect(handled).toBe(1);
+    server.close();
+  });
+});
+
+describe("EventLoopLag", () => {
+  it("reads near 0 on an idle loop and above 100 ms while the loop is blocked", async () => {
+    const lag = new EventLoopLag(10).start();
+    try {
+      await new Promise((r) => setTimeout(r, 50));
+      expect(lag.currentMs()).toBeLessThan(90);
+      const until = performance.now() + 150;
+      while (performance.now() < until) {
+        // block the loop, as a backlog of synchronous work would
+      }
+      expect(lag.currentMs()).toBeGreaterThan(100);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(lag.currentMs()).toBeLessThan(90);
+    } finally {
+      lag.stop();
+    }
   });
 });

@@ -16,6 +16,11 @@ export interface HttpBindingOptions {
   readonly maxBatchMessages: number;
   /** Messages in flight above which new requests are shed with 429. */
   readonly maxInFlight: number;
+  /**
+   * True while the server is overloaded (the event loop lags behind): new messages are then
+   * shed with 429 at once, before their body is read, instead of queueing without bound.
+   */
+  overloaded?(): boolean;
   /** Extra routes (e.g. WebFinger in a later issue); return false when not handled. */
   extraRoutes?(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
 }
@@ -75,7 +80,7 @@ export function createHttpHandler(opts: HttpBindingOptions): (req: IncomingMessa
     const run = async (): Promise<void> => {
       if (path === MESSAGES_PATH) {
         if (req.method !== "POST") return send(res, 405, "application/json", JSON.stringify({ error: "POST only" }), { allow: "POST" });
-        if (inFlight >= opts.maxInFlight) {
+        if (inFlight >= opts.maxInFlight || opts.overloaded?.()) {
           req.resume();
           return send(res, 429, "application/json", JSON.stringify({ error: "KMS overloaded, retry later" }), { "retry-after": "1" });
         }
