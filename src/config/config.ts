@@ -202,6 +202,8 @@ export const configSchema = z.strictObject({
   trustRoots: nonEmpty().optional(),
   maxMessageBytes: intIn(1).default(1_048_576),
   maxBatchMessages: intIn(1).default(50),
+  maxInFlight: intIn(1).default(4096),
+  maxEventLoopLag: intIn(0, 60_000).default(100),
   maxBlocksPerAppend: intIn(1).default(100),
   maxOperationsPerBlock: intIn(1).default(10_000),
   clockSkew: intIn(0).default(300),
@@ -285,6 +287,8 @@ export const CONFIG_KEYS = {
   trustRoots: { env: "KEYWARD_TRUST_ROOTS", envType: "string", required: false, default: undefined, description: "PEM bundle of trust roots (path relative to the data directory)." },
   maxMessageBytes: { env: "KEYWARD_MAX_MESSAGE_BYTES", envType: "integer", required: false, default: "1048576", description: "Largest request message accepted, in bytes." },
   maxBatchMessages: { env: "KEYWARD_MAX_BATCH_MESSAGES", envType: "integer", required: false, default: "50", description: "Most messages accepted in one batch." },
+  maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Messages in progress (per process) above which new ones are shed with HTTP 429." },
+  maxEventLoopLag: { env: "KEYWARD_MAX_EVENT_LOOP_LAG", envType: "integer", required: false, default: "100", description: "Event-loop lag in milliseconds above which new messages are shed with HTTP 429 (0 = never)." },
   maxBlocksPerAppend: { env: "KEYWARD_MAX_BLOCKS_PER_APPEND", envType: "integer", required: false, default: "100", description: "Most blocks accepted in one append." },
   maxOperationsPerBlock: { env: "KEYWARD_MAX_OPERATIONS_PER_BLOCK", envType: "integer", required: false, default: "10000", description: "Most operations accepted in one block." },
   clockSkew: { env: "KEYWARD_CLOCK_SKEW", envType: "integer", required: false, default: "300", description: "Tolerated clock skew in seconds for client-supplied timestamps." },
@@ -444,6 +448,8 @@ export interface KeywardConfig {
   readonly trustRoots?: string;
   readonly maxMessageBytes: number;
   readonly maxBatchMessages: number;
+  readonly maxInFlight: number;
+  readonly maxEventLoopLag: number;
   readonly maxBlocksPerAppend: number;
   readonly maxOperationsPerBlock: number;
   readonly clockSkew: number;
@@ -608,6 +614,8 @@ export function resolveConfig(
     ...(v.trustRoots !== undefined && { trustRoots: resolvePath(dir, v.trustRoots) }),
     maxMessageBytes: v.maxMessageBytes,
     maxBatchMessages: v.maxBatchMessages,
+    maxInFlight: v.maxInFlight,
+    maxEventLoopLag: v.maxEventLoopLag,
     maxBlocksPerAppend: v.maxBlocksPerAppend,
     maxOperationsPerBlock: v.maxOperationsPerBlock,
     clockSkew: v.clockSkew,

@@ -59,6 +59,8 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
       ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),
       maxMessageBytes: config.maxMessageBytes,
       maxBatchMessages: config.maxBatchMessages,
+      maxInFlight: config.maxInFlight,
+      maxEventLoopLagMs: config.maxEventLoopLag,
     },
     store,
     masterKey,

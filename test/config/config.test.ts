@@ -530,6 +530,14 @@ describe("reference", () => {
 });
 
 describe("resolveConfig", () => {
+  it("load shedding limits: defaults 4096 in flight and 100 ms of event-loop lag; 0 turns lag shedding off", () => {
+    const d = resolveConfig(dir, BASE, {});
+    expect([d.maxInFlight, d.maxEventLoopLag]).toEqual([4096, 100]);
+    const c = resolveConfig(dir, BASE, { KEYWARD_MAX_IN_FLIGHT: "16", KEYWARD_MAX_EVENT_LOOP_LAG: "0" });
+    expect([c.maxInFlight, c.maxEventLoopLag]).toEqual([16, 0]);
+    expect(() => resolveConfig(dir, BASE, { KEYWARD_MAX_IN_FLIGHT: "0" })).toThrow(/maxInFlight|KEYWARD_MAX_IN_FLIGHT/);
+  });
+
   it("builds a configuration without a file", () => {
     const c = resolveConfig(dir, BASE, { KEYWARD_WORKERS: "2" });
     expect(c.workers).toBe(2);
