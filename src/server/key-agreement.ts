@@ -1,9 +1,9 @@
 import { createHash, createPublicKey, randomUUID } from "node:crypto";
-import { base64url, compactDecrypt, exportJWK, type JWK } from "jose";
+import { base64url, compactDecrypt } from "jose";
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
-import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../protocol/jose/ephemeral-key.js";
+import { deriveEphemeralKeySync, generateServerEphemeralKey, importClientEcdhKey } from "./ecdhe-node-crypto.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId, type RequestPayload } from "../protocol/messages.js";
 import type { AuthenticatedIdentity } from "../identity/authenticator.js";
 import { objectUri, resolveUri } from "../protocol/uri.js";
@@ -86,12 +86,11 @@ export async function createEphemeralKey(services: CoreServices, message: string
       throw badRequest("only 'create /ecdhe' may be encrypted to the KMS static key; other requests go on a channel", "ERR_STATIC_KEY_MISUSE");
     }
     if (request.method !== "create") throw methodNotAllowed(`'${request.method}' is not supported on /ecdhe`);
-    const clientKey = await importEcdhPublicKey(request.jwk, "jwk");
-    const clientJwk = request.jwk as JWK;
-    const clientKeyThumbprint = jwkThumbprintEcP256(clientJwk.x!, clientJwk.y!);
+    const client = importClientEcdhKey(request.jwk, "jwk");
+    const clientKeyThumbprint = jwkThumbprintEcP256(client.jwk.x, client.jwk.y);
 
-    const pair = await generateEphemeralKeyPair();
-    const kEphemeral = await deriveEphemeralKey(pair.privateKey, clientKey);
+    const pair = generateServerEphemeralKey();
+    const kEphemeral = deriveEphemeralKeySync(pair.privateKey, client.key);
     const uri = objectUri(settings.authority, "ecdhe", randomUUID());
     const createdAt = new Date(Math.floor(services.now().getTime() / 1000) * 1000);
     const expiresAt = new Date(createdAt.getTime() + settings.ephemeralKeyLifetimeSeconds * 1000);
@@ -110,7 +109,7 @@ export async function createEphemeralKey(services: CoreServices, message: string
     if (!created) {
       throw conflict("this ECDHE public key was used before: a client must use a fresh key pair for every key agreement", "ERR_ECDHE_KEY_REUSED");
     }
-    const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+    const { kty, crv, x, y } = pair.publicJwk;
     const ephemeralKey = {
       uri,
       jwk: { kty, crv, x, y },
