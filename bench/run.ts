@@ -40,6 +40,7 @@ import type { MembershipJob, MembershipReport } from "./gmbc/membership.js";
 import type { CeilingReport as GkCeiling } from "./gk/ceiling.js";
 import type { LoadgenPhaseResult, LoadgenRequest as GkReq, PregenResult, SetupResult as GkSetup } from "./gk/loadgen.js";
 import type { SeedJob, SeedReport } from "./record/seed-gks.js";
+import { runBench } from "./lib/main.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "..");
@@ -614,13 +615,4 @@ async function cleanup(): Promise<void> {
   for (const c of cleanups.splice(0).reverse()) await c();
 }
 
-process.once("SIGINT", () => void cleanup().then(() => process.exit(130)));
-process.once("SIGTERM", () => void cleanup().then(() => process.exit(143)));
-try {
-  await main();
-  await cleanup();
-} catch (e) {
-  console.error(e instanceof Error ? e.stack ?? e.message : e);
-  await cleanup();
-  process.exit(1);
-}
+await runBench(main, cleanup);

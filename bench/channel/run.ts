@@ -23,6 +23,7 @@ import { pinPid, spawnPinned, TASKSET } from "../lib/pin.js";
 import { coreTicks, cpuSeconds, freePort, rssMiB } from "../lib/proc.js";
 import type { CeilingReport } from "./ceiling.js";
 import type { ClientKind, LoadgenRequest, SetupResult } from "./loadgen.js";
+import { runBench } from "../lib/main.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
@@ -431,12 +432,4 @@ async function cleanup(): Promise<void> {
   if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
 }
 
-process.once("SIGINT", () => void cleanup().then(() => process.exit(130)));
-try {
-  await main();
-  await cleanup();
-} catch (e) {
-  console.error(e instanceof Error ? e.stack ?? e.message : e);
-  await cleanup();
-  process.exit(1);
-}
+await runBench(main, cleanup);

@@ -33,6 +33,7 @@ import { ALICE, bigChainOperations, intervalsOf, type BigChainShape } from "../g
 import type { BigResult, LoadgenRequest as GmbcRequest, SetupResult as GmbcSetup } from "../gmbc/loadgen.js";
 import type { CeilingReport } from "./ceiling.js";
 import type { LoadgenPhaseResult, LoadgenRequest, MembersResult, PhaseKind, PregenResult, SetupResult } from "./loadgen.js";
+import { runBench } from "../lib/main.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
@@ -578,13 +579,4 @@ async function cleanup(): Promise<void> {
   for (const c of cleanups.splice(0)) c();
 }
 
-process.once("SIGINT", () => void cleanup().then(() => process.exit(130)));
-process.once("SIGTERM", () => void cleanup().then(() => process.exit(143)));
-try {
-  await main();
-  await cleanup();
-} catch (e) {
-  console.error(e instanceof Error ? e.stack ?? e.message : e);
-  await cleanup();
-  process.exit(1);
-}
+await runBench(main, cleanup);

@@ -31,6 +31,7 @@ import type { CeilingReport } from "./ceiling.js";
 import type { BigResult, LoadgenRequest, SetupResult } from "./loadgen.js";
 import type { MembershipJob, MembershipReport } from "./membership.js";
 import type { BreakdownJob, BreakdownReport } from "./breakdown.js";
+import { runBench } from "../lib/main.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
@@ -412,13 +413,4 @@ async function cleanup(): Promise<void> {
   kms?.cleanup();
 }
 
-process.once("SIGINT", () => void cleanup().then(() => process.exit(130)));
-process.once("SIGTERM", () => void cleanup().then(() => process.exit(143)));
-try {
-  await main();
-  await cleanup();
-} catch (e) {
-  console.error(e instanceof Error ? e.stack ?? e.message : e);
-  await cleanup();
-  process.exit(1);
-}
+await runBench(main, cleanup);

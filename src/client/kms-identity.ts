@@ -1,5 +1,6 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { signedBy } from "../protocol/x509-signed-by.js";
 import { calculateJwkThumbprint, type JWK } from "jose";
 
 /**
@@ -125,14 +126,6 @@ function notCaReason(cert: x509.X509Certificate, intermediatesBelow: number): st
   return null;
 }
 
-async function signedBy(child: x509.X509Certificate, issuer: x509.X509Certificate): Promise<boolean> {
-  if (child.issuer !== issuer.subject) return false;
-  try {
-    return await child.verify({ publicKey: issuer.publicKey, signatureOnly: true }, crypto);
-  } catch {
-    return false;
-  }
-}
 
 function checkValidity(cert: x509.X509Certificate, now: Date): void {
   if (now.getTime() < cert.notBefore.getTime()) {

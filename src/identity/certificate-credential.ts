@@ -1,5 +1,6 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { signedBy } from "../protocol/x509-signed-by.js";
 import { createHash, createPublicKey, type JsonWebKey as NodeJwk, type KeyObject } from "node:crypto";
 import { calculateJwkThumbprint, compactVerify, decodeProtectedHeader, type JWK } from "jose";
 import { unauthorized } from "../protocol/errors.js";
@@ -172,14 +173,6 @@ function parseCertificate(b64: string, i: number): x509.X509Certificate {
   }
 }
 
-async function signedBy(child: x509.X509Certificate, issuer: x509.X509Certificate): Promise<boolean> {
-  if (child.issuer !== issuer.subject) return false;
-  try {
-    return await child.verify({ publicKey: issuer.publicKey, signatureOnly: true }, crypto);
-  } catch {
-    return false;
-  }
-}
 
 /** Step 3: path building and every certificate check; returns what the identity needs. */
 async function validatePath(x5c: string[], roots: readonly x509.X509Certificate[], now: Date): Promise<ValidatedChain> {

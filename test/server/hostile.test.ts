@@ -73,26 +73,34 @@ describe("hostile input", () => {
 });
 
 describe("HTTP load shedding (§3)", () => {
-  it("answers 429 at once when the in-flight limit is reached, and recovers", async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
+  /** The HTTP binding alone on loopback, with a stand-in core; `send` posts a single-form message. */
+  async function startBinding(opts: Pick<Parameters<typeof createHttpHandler>[0], "handle" | "maxInFlight" | "overloaded">) {
     const server = http.createServer(
       createHttpHandler({
-        handle: async (m) => {
-          await gate;
-          return m;
-        },
         wellKnown: () => ({}),
         ready: async () => {},
         metrics: async () => ({ contentType: "text/plain", body: "" }),
         maxMessageBytes: 1024,
         maxBatchMessages: 2,
-        maxInFlight: 1,
+        ...opts,
       }),
     );
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/kms/messages`;
     const send = () => fetch(url, { method: "POST", headers: { "content-type": "application/jose" }, body: "a.b.c" });
+    return { server, url, send };
+  }
+
+  it("answers 429 at once when the in-flight limit is reached, and recovers", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const { server, send } = await startBinding({
+      handle: async (m) => {
+        await gate;
+        return m;
+      },
+      maxInFlight: 1,
+    });
     const first = send();
     await new Promise((r) => setTimeout(r, 50));
     const started = performance.now();
@@ -109,24 +117,14 @@ describe("HTTP load shedding (§3)", () => {
   it("sheds with 429 while the server is overloaded (event loop lagging), without running the message, and recovers", async () => {
     let overloaded = true;
     let handled = 0;
-    const server = http.createServer(
-      createHttpHandler({
-        handle: async (m) => {
-          handled++;
-          return m;
-        },
-        wellKnown: () => ({}),
-        ready: async () => {},
-        metrics: async () => ({ contentType: "text/plain", body: "" }),
-        maxMessageBytes: 1024,
-        maxBatchMessages: 2,
-        maxInFlight: 100,
-        overloaded: () => overloaded,
-      }),
-    );
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/kms/messages`;
-    const send = () => fetch(url, { method: "POST", headers: { "content-type": "application/jose" }, body: "a.b.c" });
+    const { server, url, send } = await startBinding({
+      handle: async (m) => {
+        handled++;
+        return m;
+      },
+      maxInFlight: 100,
+      overloaded: () => overloaded,
+    });
     const shed = await send();
     expect(shed.status).toBe(429);
     expect(shed.headers.get("retry-after")).toBe("1");
