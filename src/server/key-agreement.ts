@@ -23,7 +23,7 @@ export class KeyAgreementError extends Error {
  */
 export async function createEphemeralKey(services: CoreServices, message: string, header: Readonly<Record<string, unknown>>): Promise<Record<string, unknown>> {
   const { staticKey, settings } = services;
-  checkStaticHeader(header, staticKey.keyManagementAlgorithms);
+  checkStaticHeader(header, staticKey.acceptedKeyManagementAlgorithms);
   await checkEphemeralPublicKey(header);
   const alg = header.alg as string;
 

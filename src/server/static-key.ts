@@ -76,9 +76,22 @@ export class StaticKey {
    * for (const k of await staticKey.decryptionKeysFor(header.alg)) { try { return await compactDecrypt(jwe, k, opts); } catch {} }
    */
   async decryptionKeysFor(alg: string): Promise<CryptoKey[]> {
+    return Promise.all(this.decryptingKeys().filter((k) => k.keyManagementAlgorithms.includes(alg)).map((k) => k.keyFor(alg)));
+  }
+
+  /**
+   * Key-management algorithms a key-agreement request may use now: this key's, plus those of
+   * previous keys still in their grace period (after an EC → RSA rotation, clients that still
+   * hold the EC certificate send ECDH-ES+A256KW for a while).
+   */
+  get acceptedKeyManagementAlgorithms(): readonly string[] {
+    return [...new Set(this.decryptingKeys().flatMap((k) => k.keyManagementAlgorithms))];
+  }
+
+  /** This key, then previous keys still within their decryption grace period. */
+  private decryptingKeys(): StaticKey[] {
     const now = this.now();
-    const usable = [this, ...this.previous.filter((p) => now - p.retiredAt.getTime() < PREVIOUS_KEY_DECRYPTION_GRACE_MS).map((p) => p.key)];
-    return Promise.all(usable.filter((k) => k.keyManagementAlgorithms.includes(alg)).map((k) => k.keyFor(alg)));
+    return [this, ...this.previous.filter((p) => now - p.retiredAt.getTime() < PREVIOUS_KEY_DECRYPTION_GRACE_MS).map((p) => p.key)];
   }
 
   static async fromPkcs8(pkcs8Der: Uint8Array, kid: string, x5c: string[]): Promise<StaticKey> {
