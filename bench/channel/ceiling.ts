@@ -20,7 +20,7 @@
  * through jose: what the server could gain by moving its hot paths off WebCrypto.
  */
 import { createCipheriv, createDecipheriv, createHash, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, randomUUID, sign, type KeyObject } from "node:crypto";
-import { CompactEncrypt, compactDecrypt, exportJWK, importJWK } from "jose";
+import { CompactEncrypt, compactDecrypt, exportJWK, importJWK, importPKCS8 } from "jose";
 import { encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
 import { openCommonMessage, sealCommonMessage } from "../../src/server/channel-codec.js";
 import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../src/protocol/jose/ephemeral-key.js";
@@ -166,7 +166,7 @@ async function ecdheCeiling(): Promise<Ceiling> {
   const staticKey = await StaticKey.fromPkcs8(new Uint8Array(privateKey.export({ format: "der", type: "pkcs8" })), staticKid, []);
   const { x5c: _x5c, ...publicJwk } = staticKey.publicJwk;
   const encryptTo = await importJWK(publicJwk, "ECDH-ES+A256KW");
-  const decryptWith = await staticKey.keyFor("ECDH-ES+A256KW");
+  const decryptWith = await importPKCS8(privateKey.export({ format: "pem", type: "pkcs8" }).toString(), "ECDH-ES+A256KW");
   const barrier = new SealingKey(randomBytes(32));
   const requests = await Promise.all(
     Array.from({ length: 256 }, async (_, i) => {

@@ -109,7 +109,7 @@ export function loadMasterKey(config: KeywardConfig): Uint8Array {
 /**
  * Opens static-key.json with the master key, and the archived previous keys of
  * previous-static-keys/ next to it (static key rotation): they are published for verification
- * and decrypt key agreement during a grace period (StaticKey.decryptionKeysFor).
+ * and decrypt key agreement during a grace period (StaticKey.decryptKeyAgreement).
  */
 export async function loadStaticKey(config: KeywardConfig, masterKey: Uint8Array): Promise<StaticKey> {
   const expectedKid = kmsUri(config.authority);

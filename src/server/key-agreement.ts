@@ -1,5 +1,5 @@
 import { createHash, createPublicKey, randomUUID } from "node:crypto";
-import { base64url, compactDecrypt } from "jose";
+import { base64url } from "jose";
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
@@ -25,22 +25,9 @@ export async function createEphemeralKey(services: CoreServices, message: string
   const { staticKey, settings } = services;
   checkStaticHeader(header, staticKey.acceptedKeyManagementAlgorithms);
   await checkEphemeralPublicKey(header);
-  const alg = header.alg as string;
 
-  // Every key generation has the same kid (the KMS URI), so the request cannot say which key it
-  // was encrypted to: try the current key, then previous keys still in their grace period.
-  let plaintext: Uint8Array | undefined;
-  for (const key of await staticKey.decryptionKeysFor(alg)) {
-    try {
-      ({ plaintext } = await compactDecrypt(message, key, {
-        keyManagementAlgorithms: [alg],
-        contentEncryptionAlgorithms: [CONTENT_ENCRYPTION],
-      }));
-      break;
-    } catch {
-      // not this key: try the next
-    }
-  }
+  // The current key, then previous keys still in their grace period (static key rotation).
+  const plaintext = staticKey.decryptKeyAgreement(message, header);
   if (!plaintext) throw new KeyAgreementError(unauthorized("the request does not decrypt with the KMS static key", "ERR_DECRYPT"));
 
   const text = new TextDecoder().decode(plaintext);

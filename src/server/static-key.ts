@@ -1,6 +1,7 @@
-import { importPKCS8, exportJWK, calculateJwkThumbprint, type JWK } from "jose";
+import { exportJWK, calculateJwkThumbprint, type JWK } from "jose";
 import { constants, createPrivateKey, createPublicKey, sign, type KeyObject } from "node:crypto";
 import { STATIC_KEY_ALGORITHMS, STATIC_SIGNING_ALGORITHM } from "../protocol/constants.js";
+import { decryptCompactJwe } from "./jwe/decrypt-compact.js";
 
 export type StaticKeyType = "EC" | "RSA";
 
@@ -28,7 +29,6 @@ export interface PreviousStaticKey {
  * const jws = await key.sign({ status: 401, reason: "unknown ephemeral key" });
  */
 export class StaticKey {
-  private readonly importedKeys = new Map<string, Promise<CryptoKey>>();
   private previous: readonly PreviousStaticKey[] = [];
   private now: () => number = Date.now;
 
@@ -36,7 +36,6 @@ export class StaticKey {
     readonly kid: string,
     readonly type: StaticKeyType,
     readonly publicJwk: JWK,
-    private readonly pkcs8Pem: string,
     private readonly signingKey: KeyObject,
   ) {}
 
@@ -67,16 +66,24 @@ export class StaticKey {
   }
 
   /**
-   * The private keys that may decrypt a key-agreement JWE with algorithm `alg`: this key first, then
-   * previous keys of a type that supports `alg` and still within their decryption grace period. The
-   * static kid is the KMS URI for every generation, so a JWE cannot say which one it was made for:
-   * key agreement tries them in order. Empty when no key supports `alg`.
+   * Decrypts a key-agreement request (a compact JWE to the static key, §5) with this key, then
+   * with previous keys of a fitting type still in their grace period: every generation has the
+   * same kid, so the request cannot say which one it was made for. undefined when none decrypts.
    *
    * @example
-   * for (const k of await staticKey.decryptionKeysFor(header.alg)) { try { return await compactDecrypt(jwe, k, opts); } catch {} }
+   * const plaintext = staticKey.decryptKeyAgreement(message, header); // Buffer | undefined
    */
-  async decryptionKeysFor(alg: string): Promise<CryptoKey[]> {
-    return Promise.all(this.decryptingKeys().filter((k) => k.keyManagementAlgorithms.includes(alg)).map((k) => k.keyFor(alg)));
+  decryptKeyAgreement(jwe: string, header: Readonly<Record<string, unknown>>): Buffer | undefined {
+    const alg = header.alg as string;
+    for (const key of this.decryptingKeys()) {
+      if (!key.keyManagementAlgorithms.includes(alg)) continue;
+      try {
+        return decryptCompactJwe(jwe, header, key.signingKey);
+      } catch {
+        // not this key: try the next
+      }
+    }
+    return undefined;
   }
 
   /**
@@ -106,8 +113,7 @@ export class StaticKey {
     }
     const pub = await exportJWK(createPublicKey(keyObject));
     const publicJwk: JWK = { ...pub, kid, x5c };
-    const pem = keyObject.export({ format: "pem", type: "pkcs8" }).toString();
-    return new StaticKey(kid, type, publicJwk, pem, keyObject);
+    return new StaticKey(kid, type, publicJwk, keyObject);
   }
 
   /** The key-management algorithms a request to this key may use (§2). */
@@ -117,16 +123,6 @@ export class StaticKey {
 
   get signingAlgorithm(): string {
     return STATIC_SIGNING_ALGORITHM[this.type];
-  }
-
-  /** A CryptoKey for one algorithm (WebCrypto keys are bound to theirs), imported once. */
-  keyFor(alg: string): Promise<CryptoKey> {
-    let key = this.importedKeys.get(alg);
-    if (!key) {
-      key = importPKCS8(this.pkcs8Pem, alg);
-      this.importedKeys.set(alg, key);
-    }
-    return key;
   }
 
   /**

@@ -301,8 +301,6 @@ describe("keyward rotate-static-key (data dir only)", () => {
     const key = await loadStaticKey(config, loadMasterKey(config));
     expect(key.type).toBe("RSA");
     expect(key.previousPublicJwks.map((j) => j.kty)).toEqual(["EC"]);
-    expect(await key.decryptionKeysFor("RSA-OAEP")).toHaveLength(1);
-    expect(await key.decryptionKeysFor("ECDH-ES+A256KW")).toHaveLength(1);
     // Key agreement's header check accepts the old EC key's algorithms during the grace period.
     expect([...key.acceptedKeyManagementAlgorithms].sort()).toEqual(["ECDH-ES", "ECDH-ES+A256KW", "RSA-OAEP", "RSA-OAEP-256"]);
   });

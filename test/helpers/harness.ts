@@ -51,7 +51,13 @@ export async function startTestKms(opts: { keyType?: "ec" | "rsa"; env?: Record<
     oauthIssuer: idp.issuer,
     oauthJwksUri: idp.jwksUri,
     logLevel: "debug",
-  }, opts.env ?? {});
+  }, {
+    // This KMS shares its event loop with the test code (key generation, property runs), whose
+    // synchronous stretches are not server overload: no lag shedding unless a test asks for it.
+    // Shedding itself is tested in hostile.test.ts; spawned KMS processes keep the default.
+    KEYWARD_MAX_EVENT_LOOP_LAG: "0",
+    ...opts.env,
+  });
   let logText = "";
   const sink = new Writable({
     write(chunk, _enc, cb) {

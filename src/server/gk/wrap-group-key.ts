@@ -1,7 +1,8 @@
-import { constants, createCipheriv, createHash, diffieHellman, generateKeyPairSync, publicEncrypt, randomBytes } from "node:crypto";
+import { constants, createCipheriv, diffieHellman, generateKeyPairSync, publicEncrypt, randomBytes } from "node:crypto";
 import type { GeneralJWE, JWK } from "jose";
 import { CONTENT_ENCRYPTION } from "../../protocol/constants.js";
 import { publicKeyOf } from "../public-key-cache.js";
+import { AES_KW_IV, concatKdf256 } from "../jwe/ecdh-es.js";
 
 /** How a GK is wrapped to one device key: EC P-256 → ECDH-ES+A256KW; RSA → RSA-OAEP-256 unless the key asks for RSA-OAEP. */
 export function wrapAlgorithmFor(jwk: JWK): "ECDH-ES+A256KW" | "RSA-OAEP" | "RSA-OAEP-256" {
@@ -10,16 +11,6 @@ export function wrapAlgorithmFor(jwk: JWK): "ECDH-ES+A256KW" | "RSA-OAEP" | "RSA
 }
 
 const b64u = (b: Uint8Array | string) => Buffer.from(b).toString("base64url");
-const u32 = (n: number) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
-};
-const lengthPrefixed = (b: Buffer) => Buffer.concat([u32(b.length), b]);
-/** RFC 7518 §4.6.2 OtherInfo for ECDH-ES+A256KW: AlgorithmID, empty PartyUInfo/PartyVInfo, 256 bits. */
-const OTHER_INFO = Buffer.concat([lengthPrefixed(Buffer.from("ECDH-ES+A256KW")), lengthPrefixed(Buffer.alloc(0)), lengthPrefixed(Buffer.alloc(0)), u32(256)]);
-/** RFC 3394's default initial value, which node's id-aes256-wrap wants given explicitly. */
-const AES_KW_IV = Buffer.from("A6A6A6A6A6A6A6A6", "hex");
 const PROTECTED = b64u(JSON.stringify({ enc: CONTENT_ENCRYPTION }));
 
 /** The CEK encrypted to one device key, with the recipient header (RFC 7516 General JSON). */
@@ -30,8 +21,7 @@ function wrapCek(cek: Buffer, jwk: JWK): { header: Record<string, unknown>; encr
   if (alg === "ECDH-ES+A256KW") {
     const ephemeral = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
     const z = diffieHellman({ privateKey: ephemeral.privateKey, publicKey: key });
-    // Concat KDF (NIST SP 800-56A), one SHA-256 round gives the 256-bit key-encryption key.
-    const kek = createHash("sha256").update(u32(1)).update(z).update(OTHER_INFO).digest();
+    const kek = concatKdf256(z, alg);
     const kw = createCipheriv("id-aes256-wrap", kek, AES_KW_IV);
     const encryptedKey = Buffer.concat([kw.update(cek), kw.final()]);
     const { kty, crv, x, y } = ephemeral.publicKey.export({ format: "jwk" });

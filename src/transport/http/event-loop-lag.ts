@@ -1,14 +1,18 @@
 import { performance } from "node:perf_hooks";
 
+/** Weight of the newest sample: a lag must last several ticks to count, one pause does not. */
+const ALPHA = 0.2;
+
 /**
- * How late the event loop is running, in milliseconds: the signal for shedding load (§3: "429
- * when shedding load"). Counting requests in flight alone does not see overload here: most KMS
- * operations are short synchronous work, so the queue builds up in sockets the loop has not read
- * yet, not in requests it has started. A late timer sees that queue.
+ * How late the event loop is running, in milliseconds, smoothed: the signal for shedding load
+ * (§3: "429 when shedding load"). Counting requests in flight alone does not see overload here:
+ * most KMS operations are short synchronous work, so the queue builds up in sockets the loop has
+ * not read yet, not in requests it has started. A late timer sees that queue.
  *
- * A timer ticks every `intervalMs`; the lag is how much later than due the last tick ran, or, if
- * the loop is busy right now, how long the next tick has been overdue, so that requests at the
- * tail of a long batch of I/O see the lag as it is, not as it was at the last tick.
+ * A timer ticks every `intervalMs`; each tick measures how much later than due it ran, and the
+ * reading is an exponentially weighted average of those samples. Under sustained overload every
+ * tick is late and the average follows within a few ticks; a single pause (a GC, one slow
+ * synchronous call) moves it by a fifth of its length, so it does not turn clients away.
  *
  * @example
  * const lag = new EventLoopLag(10).start();
@@ -18,7 +22,7 @@ import { performance } from "node:perf_hooks";
 export class EventLoopLag {
   private timer?: NodeJS.Timeout;
   private lastTick = performance.now();
-  private lastLag = 0;
+  private smoothed = 0;
 
   constructor(private readonly intervalMs = 10) {}
 
@@ -26,7 +30,8 @@ export class EventLoopLag {
     this.lastTick = performance.now();
     this.timer = setInterval(() => {
       const now = performance.now();
-      this.lastLag = Math.max(0, now - this.lastTick - this.intervalMs);
+      const sample = Math.max(0, now - this.lastTick - this.intervalMs);
+      this.smoothed += ALPHA * (sample - this.smoothed);
       this.lastTick = now;
     }, this.intervalMs);
     // Never keeps a process alive on its own.
@@ -35,8 +40,7 @@ export class EventLoopLag {
   }
 
   currentMs(): number {
-    const overdue = performance.now() - this.lastTick - this.intervalMs;
-    return Math.max(this.lastLag, overdue);
+    return this.smoothed;
   }
 
   stop(): void {
