@@ -358,6 +358,20 @@ export function groupStoreContract(name: string, open: () => Promise<Store>, cle
         expect(await store.getGk(g.uri)).toEqual(g);
       });
 
+      it("concurrent creates: all stored, and a duplicate among them fails alone", async () => {
+        const first = gk();
+        await store.createGk(first);
+        const fresh = Array.from({ length: 20 }, () => gk());
+        const outcomes = await Promise.allSettled([
+          ...fresh.slice(0, 10).map((g) => store.createGk(g)),
+          store.createGk({ ...first, requester: "mallory@example.com" }),
+          ...fresh.slice(10).map((g) => store.createGk(g)),
+        ]);
+        expect(outcomes.map((o) => o.status)).toEqual([...Array(10).fill("fulfilled"), "rejected", ...Array(10).fill("fulfilled")]);
+        for (const g of fresh) expect(await store.getGk(g.uri)).toEqual(g);
+        expect(await store.getGk(first.uri)).toEqual(first);
+      });
+
       it("bindGk binds once: true, then false with the first block kept", async () => {
         const g = gk();
         await store.createGk(g);

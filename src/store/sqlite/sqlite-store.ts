@@ -83,6 +83,7 @@ export class SqliteStore implements Store {
   private readonly stmts;
   private readonly transactions;
   private pendingRecords: Required<PendingRecord>[] = [];
+  private pendingGks: { gk: GkRecord; resolve: () => void; reject: (e: unknown) => void }[] = [];
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -165,6 +166,7 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     if (this.pendingRecords.length > 0) this.flushRecords();
+    if (this.pendingGks.length > 0) this.flushGks();
     this.db.close();
   }
 
@@ -260,7 +262,10 @@ export class SqliteStore implements Store {
       }
       return removed;
     });
-    return { deleteChannel, recordBatch, createChain, append, purge };
+    const insertGks = this.db.transaction((gks: readonly GkRecord[]) => {
+      for (const gk of gks) this.insertGk(gk);
+    });
+    return { deleteChannel, recordBatch, createChain, append, purge, insertGks };
   }
 
   private insertBlock(chainUri: string, b: NewBlock): void {
@@ -345,8 +350,39 @@ export class SqliteStore implements Store {
     return this.stmts.everMember.get(chainUri, entity) === 1;
   }
 
+  /**
+   * Group commit, like replay records: the GKs created in one turn of the event loop are written in
+   * one transaction (one WAL commit instead of one each), and each promise resolves only once that
+   * transaction has committed, so a GK is never acknowledged before it is stored.
+   */
   async createGk(gk: GkRecord): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.pendingGks.push({ gk, resolve, reject });
+      if (this.pendingGks.length === 1) setImmediate(() => this.flushGks());
+    });
+  }
+
+  private insertGk(gk: GkRecord): void {
     this.stmts.insertGk.run(gk.uri, gk.requester, gk.created.getTime(), gk.sealedKey, gk.block?.hash ?? null, gk.block?.chainUri ?? null, gk.block?.position ?? null);
+  }
+
+  private flushGks(): void {
+    const batch = this.pendingGks;
+    this.pendingGks = [];
+    try {
+      this.transactions.insertGks.immediate(batch.map((p) => p.gk));
+      for (const p of batch) p.resolve();
+    } catch {
+      // One bad row must not fail the others: write them one by one, each with its own outcome.
+      for (const p of batch) {
+        try {
+          this.insertGk(p.gk);
+          p.resolve();
+        } catch (e) {
+          p.reject(e);
+        }
+      }
+    }
   }
 
   async getGk(uri: string): Promise<GkRecord | undefined> {
