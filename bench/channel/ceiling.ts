@@ -26,6 +26,7 @@ import { openCommonMessage, sealCommonMessage } from "../../src/server/channel-c
 import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../src/protocol/jose/ephemeral-key.js";
 import { StaticKey } from "../../src/server/static-key.js";
 import { SealingKey } from "../../src/server/barrier/master-key.js";
+import { importClientEcdhKey, serverEcdhe } from "../../src/server/ecdhe-node-crypto.js";
 
 export interface CeilingMode {
   readonly inFlight: number;
@@ -198,13 +199,11 @@ async function ecdheCeiling(): Promise<Ceiling> {
   }, (i) => {
     const request = JSON.parse(ecdhEsA256kwOpen(requests[i % requests.length]!, privateKey).toString("utf8")) as { requestId: string; jwk: { kty: string; crv: string; x: string; y: string } };
     const { kty, crv, x, y } = request.jwk;
-    const clientKey = createPublicKey({ key: { kty, crv, x, y }, format: "jwk" });
-    const pair = generateKeyPairSync("ec", { namedCurve: "P-256" });
-    const kEphemeral = hkdfSync("sha256", diffieHellman({ privateKey: pair.privateKey, publicKey: clientKey }), new Uint8Array(0), new Uint8Array(0), 32);
+    // The server's own primitives (createECDH: see src/server/ecdhe-node-crypto.ts).
+    const { kEphemeral, publicJwk } = serverEcdhe(importClientEcdhKey({ kty, crv, x, y }).point);
     const uri = `kms://${authority}/ecdhe/${randomUUID()}`;
-    barrier.seal(`ecdhe:${uri}`, new Uint8Array(kEphemeral));
-    const jwk = pair.publicKey.export({ format: "jwk" });
-    es256Compact(reply(request.requestId, uri, { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y }), staticKid, privateKey);
+    barrier.seal(`ecdhe:${uri}`, kEphemeral);
+    es256Compact(reply(request.requestId, uri, publicJwk), staticKid, privateKey);
   });
 }
 

@@ -39,6 +39,7 @@ import { wrapGroupKey } from "../../src/server/gk/wrap-group-key.js";
 import { StaticKey } from "../../src/server/static-key.js";
 import { SealingKey } from "../../src/server/barrier/master-key.js";
 import { rfc3339 } from "../../src/server/key-agreement.js";
+import { ephemeralEcdh, uncompressedPoint } from "../../src/server/ecdhe-node-crypto.js";
 
 export interface CeilingMode {
   readonly inFlight: number;
@@ -208,14 +209,12 @@ const staticHeader = b64u(JSON.stringify({ alg: "ES256", kid: `kms://${AUTHORITY
 
 /** RFC 7518 ECDH-ES+A256KW + A256GCM to one P-256 key, General JSON, with node:crypto (the JWK imported per call, as wrapGroupKey does). */
 function wrapNode(keyBytes: Uint8Array, gkUri: string, jwk: JWK): GeneralJWE {
-  const recipient: KeyObject = createPublicKey({ key: { kty: jwk.kty!, crv: jwk.crv!, x: jwk.x!, y: jwk.y! }, format: "jwk" });
-  const eph = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-  const z = diffieHellman({ privateKey: eph.privateKey, publicKey: recipient });
+  // The server's own ephemeral ECDH (createECDH: see src/server/ecdhe-node-crypto.ts).
+  const { z, publicJwk: epk } = ephemeralEcdh(uncompressedPoint(jwk));
   const kek = createHash("sha256").update(u32be(1)).update(z).update(otherInfo).digest();
   const cek = randomBytes(32);
   const kw = createCipheriv("id-aes256-wrap", kek, AES_KW_IV);
   const encryptedKey = Buffer.concat([kw.update(cek), kw.final()]);
-  const { kty: ekty, crv: ecrv, x: ex, y: ey } = eph.publicKey.export({ format: "jwk" });
   const prot = b64u(JSON.stringify({ enc: "A256GCM" }));
   const iv = randomBytes(12);
   const gcm = createCipheriv("aes-256-gcm", cek, iv);
@@ -224,7 +223,7 @@ function wrapNode(keyBytes: Uint8Array, gkUri: string, jwk: JWK): GeneralJWE {
   const ct = Buffer.concat([gcm.update(pt, "utf8"), gcm.final()]);
   return {
     protected: prot,
-    recipients: [{ header: { alg: ALG, kid: jwk.kid!, epk: { kty: ekty!, crv: ecrv!, x: ex!, y: ey! } }, encrypted_key: b64u(encryptedKey) }],
+    recipients: [{ header: { alg: ALG, kid: jwk.kid!, epk }, encrypted_key: b64u(encryptedKey) }],
     iv: b64u(iv),
     ciphertext: b64u(ct),
     tag: b64u(gcm.getAuthTag()),

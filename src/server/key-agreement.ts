@@ -3,7 +3,7 @@ import { base64url } from "jose";
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
-import { deriveEphemeralKeySync, generateServerEphemeralKey, importClientEcdhKey } from "./ecdhe-node-crypto.js";
+import { importClientEcdhKey, serverEcdhe } from "./ecdhe-node-crypto.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId, type RequestPayload } from "../protocol/messages.js";
 import type { AuthenticatedIdentity } from "../identity/authenticator.js";
 import { objectUri, resolveUri } from "../protocol/uri.js";
@@ -76,8 +76,7 @@ export async function createEphemeralKey(services: CoreServices, message: string
     const client = importClientEcdhKey(request.jwk, "jwk");
     const clientKeyThumbprint = jwkThumbprintEcP256(client.jwk.x, client.jwk.y);
 
-    const pair = generateServerEphemeralKey();
-    const kEphemeral = deriveEphemeralKeySync(pair.privateKey, client.key);
+    const { kEphemeral, publicJwk } = serverEcdhe(client.point);
     const uri = objectUri(settings.authority, "ecdhe", randomUUID());
     const createdAt = new Date(Math.floor(services.now().getTime() / 1000) * 1000);
     const expiresAt = new Date(createdAt.getTime() + settings.ephemeralKeyLifetimeSeconds * 1000);
@@ -96,7 +95,7 @@ export async function createEphemeralKey(services: CoreServices, message: string
     if (!created) {
       throw conflict("this ECDHE public key was used before: a client must use a fresh key pair for every key agreement", "ERR_ECDHE_KEY_REUSED");
     }
-    const { kty, crv, x, y } = pair.publicJwk;
+    const { kty, crv, x, y } = publicJwk;
     const ephemeralKey = {
       uri,
       jwk: { kty, crv, x, y },

@@ -1,8 +1,9 @@
-import { constants, createCipheriv, diffieHellman, generateKeyPairSync, publicEncrypt, randomBytes } from "node:crypto";
+import { constants, createCipheriv, publicEncrypt, randomBytes } from "node:crypto";
 import type { GeneralJWE, JWK } from "jose";
 import { CONTENT_ENCRYPTION } from "../../protocol/constants.js";
 import { publicKeyOf } from "../public-key-cache.js";
 import { AES_KW_IV, concatKdf256 } from "../jwe/ecdh-es.js";
+import { ephemeralEcdh, uncompressedPoint } from "../ecdhe-node-crypto.js";
 
 /** How a GK is wrapped to one device key: EC P-256 → ECDH-ES+A256KW; RSA → RSA-OAEP-256 unless the key asks for RSA-OAEP. */
 export function wrapAlgorithmFor(jwk: JWK): "ECDH-ES+A256KW" | "RSA-OAEP" | "RSA-OAEP-256" {
@@ -19,13 +20,12 @@ function wrapCek(cek: Buffer, jwk: JWK): { header: Record<string, unknown>; encr
   if (!key) throw new Error(`registered key '${jwk.kid}' does not import`);
   const alg = wrapAlgorithmFor(jwk);
   if (alg === "ECDH-ES+A256KW") {
-    const ephemeral = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-    const z = diffieHellman({ privateKey: ephemeral.privateKey, publicKey: key });
+    // createECDH, not generateKeyPairSync + JWK export: see ecdhe-node-crypto.ts (a Node 20 deadlock).
+    const { z, publicJwk: epk } = ephemeralEcdh(uncompressedPoint(jwk));
     const kek = concatKdf256(z, alg);
     const kw = createCipheriv("id-aes256-wrap", kek, AES_KW_IV);
     const encryptedKey = Buffer.concat([kw.update(cek), kw.final()]);
-    const { kty, crv, x, y } = ephemeral.publicKey.export({ format: "jwk" });
-    return { header: { alg, kid: jwk.kid, epk: { kty, crv, x, y } }, encrypted_key: b64u(encryptedKey) };
+    return { header: { alg, kid: jwk.kid, epk }, encrypted_key: b64u(encryptedKey) };
   }
   const encryptedKey = publicEncrypt(
     { key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === "RSA-OAEP" ? "sha1" : "sha256" },
