@@ -4,9 +4,9 @@
  * under `gk:<uri>`, exactly the record the `create /gks` handler stores), while the server is
  * stopped. Used by `npm run bench` to reach 1,000,000 stored GKs in seconds instead of the ~11
  * minutes the protocol takes; the GKs differ from protocol-created ones only in that nobody
- * received them wrapped and signed. On SQLite, `createGk` calls are grouped 5,000 to a
- * transaction on the store's own connection (BEGIN/COMMIT around the store's own statement; without
- * that, one commit per GK runs at a few thousand per second); PostgreSQL gets `inFlight` calls at once. Job in SEED_JOB (JSON), one JSON line (SeedReport) on stdout.
+ * received them wrapped and signed. On SQLite, 5,000 `createGk` calls are in flight at once, which
+ * the store's group commit writes in one transaction each; PostgreSQL gets `inFlight` calls at
+ * once. Job in SEED_JOB (JSON), one JSON line (SeedReport) on stdout.
  */
 import { randomBytes, randomUUID } from "node:crypto";
 import { statSync } from "node:fs";
@@ -61,23 +61,14 @@ const createOne = (): Promise<void> => {
     block: job.block,
   });
 };
-// SqliteStore's better-sqlite3 connection (private in TypeScript): its createGk runs its statement synchronously.
-const db = (store as unknown as { db?: { exec(sql: string): unknown } }).db;
-if (config.store.kind === "sqlite" && db) {
-  while (next < job.count) {
-    const batch: Promise<void>[] = [];
-    db.exec("BEGIN IMMEDIATE");
-    for (let k = 0; k < 5000 && next < job.count; k++) batch.push(createOne());
-    db.exec("COMMIT");
-    await Promise.all(batch);
-  }
-} else {
-  await Promise.all(
-    Array.from({ length: job.inFlight }, async () => {
-      while (next < job.count) await createOne();
-    }),
-  );
-}
+// Batches of 5,000 in flight: SQLite's store commits the GKs created in one turn of the event
+// loop in one transaction (its group commit), PostgreSQL takes them over its pool.
+const inFlight = config.store.kind === "sqlite" ? 5000 : job.inFlight;
+await Promise.all(
+  Array.from({ length: inFlight }, async () => {
+    while (next < job.count) await createOne();
+  }),
+);
 const seconds = (performance.now() - t0) / 1000;
 await store.close();
 const size = (p: string) => {
