@@ -361,7 +361,7 @@ async function runRss(): Promise<RssRun> {
     const rssEnd = rssMiB(kms.child.pid!);
     const stored = (seed?.count ?? 0) + protocolCreated + 2; // + the two of the loadgen's setup round trip
     const how = seed
-      ? `${fmt(seed.count)} GKs written through the Store interface by a separate process (bench/record/seed-gks.ts: SqliteStore.createGk, 5,000 in flight, which the store's group commit writes one transaction per batch, each key sealed by the data dir's barrier, bound to alice's group) while the KMS was stopped, at ${fmt(seed.perSec)}/s; then the KMS was started on that data dir, fetched ${fmt(fetchedSeeded)} of them through the protocol (checked), and ${fmt(protocolCreated)} more were created through the protocol (create /gks) and fetched (GK get phase)`
+      ? `${fmt(seed.count)} GKs written through the Store interface by a separate process (bench/record/seed-gks.ts: SqliteStore.createGk, 5,000 in flight, written by the store's group commit in one transaction per batch, each key sealed by the data dir's barrier, bound to alice's group) while the KMS was stopped, at ${fmt(seed.perSec)}/s; then the KMS was started on that data dir, fetched ${fmt(fetchedSeeded)} of them through the protocol (checked), and ${fmt(protocolCreated)} more were created through the protocol (create /gks) and fetched (GK get phase)`
       : `${fmt(protocolCreated)} GKs created through the protocol (create /gks, ${concurrency} in flight, ${fmt(protocolCreateSeconds, 0)} s), then fetched (GK get phase)`;
     return { how, stored, ...(seed ? { seed } : {}), protocolCreated, protocolCreateSeconds, fetchedSeeded, rssAfterStart, rssAfterFetches, rssEnd, get };
   } finally {
