@@ -27,6 +27,7 @@ import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } fro
 import { StaticKey } from "../../src/server/static-key.js";
 import { SealingKey } from "../../src/server/barrier/master-key.js";
 import { importClientEcdhKey, serverEcdhe } from "../../src/server/ecdhe-node-crypto.js";
+import { measureRate } from "../lib/ceiling-rate.js";
 
 export interface CeilingMode {
   readonly inFlight: number;
@@ -57,27 +58,10 @@ const windows = Number(process.env.CEILING_WINDOWS ?? 4);
 const inFlight = Number(process.env.CEILING_IN_FLIGHT ?? 32);
 const token = process.env.CEILING_TOKEN ?? "x".repeat(700); // the payload carries a bearer token; size matters a little
 
-/** Warm-up, then WINDOWS windows of equal length; each window's rate is kept. */
+/** One mode of a ceiling: the best window, the mean of the windows, the time per operation in flight. */
 async function measure(op: (i: number) => Promise<void>, parallel: number): Promise<CeilingMode> {
-  let i = 0;
-  const loop = async (until: number): Promise<number> => {
-    let n = 0;
-    while (performance.now() < until) {
-      await op(i++);
-      n++;
-    }
-    return n;
-  };
-  const window = async (ms: number): Promise<number> => {
-    const t0 = performance.now();
-    const counts = await Promise.all(Array.from({ length: parallel }, () => loop(t0 + ms)));
-    return counts.reduce((a, b) => a + b, 0) / ((performance.now() - t0) / 1000);
-  };
-  await window(warmupMs);
-  const rates: number[] = [];
-  for (let w = 0; w < windows; w++) rates.push(await window(measureMs / windows));
-  const best = Math.max(...rates);
-  return { inFlight: parallel, opsPerSec: best, meanOpsPerSec: rates.reduce((a, b) => a + b, 0) / rates.length, meanMs: (1000 / best) * parallel };
+  const { best, mean } = await measureRate(op, { parallel, warmupMs, measureMs, windows });
+  return { inFlight: parallel, opsPerSec: best, meanOpsPerSec: mean, meanMs: (1000 / best) * parallel };
 }
 
 async function both(op: (i: number) => Promise<void>, alt: (i: number) => void): Promise<Ceiling> {

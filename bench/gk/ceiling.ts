@@ -40,6 +40,7 @@ import { StaticKey } from "../../src/server/static-key.js";
 import { SealingKey } from "../../src/server/barrier/master-key.js";
 import { rfc3339 } from "../../src/server/key-agreement.js";
 import { ephemeralEcdh, uncompressedPoint } from "../../src/server/ecdhe-node-crypto.js";
+import { measureRate } from "../lib/ceiling-rate.js";
 
 export interface CeilingMode {
   readonly inFlight: number;
@@ -74,23 +75,7 @@ const AUTHORITY = "localhost";
 const ALICE = "alice@example.com";
 
 async function measure(op: (i: number) => Promise<void> | void, parallel: number, ms = measureMs): Promise<CeilingMode> {
-  let i = 0;
-  const loop = async (until: number): Promise<number> => {
-    let n = 0;
-    while (performance.now() < until) {
-      await op(i++);
-      n++;
-    }
-    return n;
-  };
-  const window = async (length: number): Promise<number> => {
-    const t0 = performance.now();
-    const counts = await Promise.all(Array.from({ length: parallel }, () => loop(t0 + length)));
-    return counts.reduce((a, b) => a + b, 0) / ((performance.now() - t0) / 1000);
-  };
-  await window(warmupMs);
-  let best = 0;
-  for (let w = 0; w < windows; w++) best = Math.max(best, await window(ms / windows));
+  const { best } = await measureRate(op, { parallel, warmupMs, measureMs: ms, windows });
   return { inFlight: parallel, opsPerSec: best, meanMs: 1000 / best };
 }
 
