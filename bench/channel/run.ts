@@ -9,8 +9,7 @@
  * See bench/README.md.
  */
 import { spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -19,11 +18,12 @@ import { issueDevToken } from "../../src/identity/dev-idp.js";
 import type { PhaseResult } from "../lib/load.js";
 import { summarizeCpuProfile } from "../lib/cpuprofile.js";
 import { appendResults } from "../lib/report.js";
-import { pinPid, spawnPinned, TASKSET } from "../lib/pin.js";
-import { coreTicks, cpuSeconds, freePort, rssMiB } from "../lib/proc.js";
+import { pinPid, TASKSET } from "../lib/pin.js";
+import { coreTicks, cpuSeconds, rssMiB } from "../lib/proc.js";
 import type { CeilingReport } from "./ceiling.js";
 import type { ClientKind, LoadgenRequest, SetupResult } from "./loadgen.js";
 import { runBench } from "../lib/main.js";
+import { build, Children, fmt, gitState, log, machineLine, pct, startIpcChild, startKeywardDev, table, type KeywardDev } from "../lib/harness.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
@@ -69,79 +69,11 @@ const clientKind = args.client as ClientKind;
 if (clientKind !== "raw" && clientKind !== "agent") throw new Error("--client is raw or agent");
 const wanted = new Set((args.only ?? "bare,ping,ecdhe,ceiling").split(",").map((s) => s.trim()));
 
-const children: ChildProcess[] = [];
-let tmpDir: string | undefined;
-
-function log(msg: string): void {
-  process.stderr.write(`[bench] ${msg}\n`);
-}
-
-/** Spawns a pinned child and remembers it, so that cleanup stops it (by its own PID). */
-function start(core: number, argv: string[], opts: Parameters<typeof spawnPinned>[3]): ChildProcess {
-  const child = spawnPinned(core, process.execPath, argv, { cwd: ROOT, ...opts });
-  children.push(child);
-  return child;
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-  await exited;
-  clearTimeout(timer);
-}
-
-function build(): void {
-  log("npm run build");
-  const r = spawnSync("npm", ["run", "build"], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" });
-  if (r.status === 0) return;
-  const out = `${r.stdout}${r.stderr}`.trim().split("\n").slice(-15).join("\n");
-  if (!existsSync(join(ROOT, "dist/cli/main.js"))) throw new Error(`npm run build failed and there is no dist/:\n${out}`);
-  log(`WARNING: npm run build failed; benchmarking the existing dist/ (may be stale):\n${out}`);
-}
-
-async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
-/** `keyward dev` on a fresh data dir, ports chosen here, pinned to the server core. */
-async function startKeyward(): Promise<{ child: ChildProcess; url: string; dir: string; env: Record<string, string>; profDir?: string }> {
-  tmpDir = mkdtempSync(join(os.tmpdir(), "keyward-bench-"));
-  const dir = join(tmpDir, "data");
-  const kmsPort = await freePort();
-  const idpPort = await freePort();
-  const issuer = `http://127.0.0.1:${idpPort}`;
-  const env: Record<string, string> = {
-    KEYWARD_LISTEN: `127.0.0.1:${kmsPort}`,
-    KEYWARD_DEV_IDP_LISTEN: `127.0.0.1:${idpPort}`,
-    KEYWARD_OAUTH_ISSUER: issuer,
-    KEYWARD_OAUTH_JWKS_URI: `${issuer}/jwks`,
-    KEYWARD_LOG_LEVEL: "warn",
-  };
-  const profDir = args["cpu-prof"] ? join(tmpDir, "prof") : undefined;
-  const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
-  const child = start(SERVER_CORE, [...nodeArgs, "bin/keyward.js", "dev", "--dir", dir], {
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
-  child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
-  const url = `http://127.0.0.1:${kmsPort}`;
-  const died = new Promise<never>((_, reject) => child.once("exit", (code) => reject(new Error(`keyward dev exited (${code}):\n${output}`))));
-  await Promise.race([died, waitFor(async () => (await fetch(`${url}/healthz`)).ok, "keyward /healthz")]);
-  died.catch(() => {});
-  return { child, url, dir, env, ...(profDir ? { profDir } : {}) };
-}
+const children = new Children(ROOT);
+let kms: KeywardDev | undefined;
 
 async function startBare(): Promise<{ child: ChildProcess; port: number }> {
-  const child = start(SERVER_CORE, ["--import", "tsx", join(HERE, "bare-http.ts")], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = children.start(SERVER_CORE, ["--import", "tsx", join(HERE, "bare-http.ts")], { stdio: ["ignore", "pipe", "inherit"] });
   const port = await new Promise<number>((resolve, reject) => {
     let out = "";
     child.stdout!.on("data", (c: Buffer) => {
@@ -154,36 +86,10 @@ async function startBare(): Promise<{ child: ChildProcess; port: number }> {
   return { child, port };
 }
 
-/** The load generator, pinned to the client core, driven by request/response over IPC. */
-function startLoadgen(): { child: ChildProcess; call: <T>(req: LoadgenRequest) => Promise<T> } {
-  const child = start(CLIENT_CORE, ["--import", "tsx", join(HERE, "loadgen.ts")], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  let next = 0;
-  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  child.on("message", (m: { id: number; ok: boolean; result?: unknown; error?: string }) => {
-    const p = pending.get(m.id);
-    pending.delete(m.id);
-    if (m.ok) p?.resolve(m.result);
-    else p?.reject(new Error(`load generator: ${m.error}`));
-  });
-  child.once("exit", (code) => {
-    for (const p of pending.values()) p.reject(new Error(`load generator exited (${code})`));
-    pending.clear();
-  });
-  return {
-    child,
-    call: <T>(req: LoadgenRequest) =>
-      new Promise<T>((resolve, reject) => {
-        const id = next++;
-        pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-        child.send({ id, req });
-      }),
-  };
-}
-
 async function runCeiling(token: string): Promise<CeilingReport & { otherCpu0: number }> {
   const before = coreTicks(SERVER_CORE);
   const t0 = performance.now();
-  const child = start(SERVER_CORE, ["--import", "tsx", join(HERE, "ceiling.ts")], {
+  const child = children.start(SERVER_CORE, ["--import", "tsx", join(HERE, "ceiling.ts")], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, CEILING_TOKEN: token, CEILING_IN_FLIGHT: String(concurrency) },
   });
@@ -255,15 +161,6 @@ async function measuredPhase(
   };
 }
 
-const fmt = (n: number, d = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d }) : "–");
-const pct = (n: number) => (Number.isFinite(n) ? `${(100 * n).toFixed(0)}%` : "–");
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`;
-  return [line(rows[0]!), `|${widths.map((w, i) => (i === 0 ? ":" : "") + "-".repeat(w + 1) + (i === 0 ? "" : ":")).join("|")}|`, ...rows.slice(1).map(line)].join("\n");
-}
-
 /** Waits (up to `seconds`) for 3 seconds in a row in which both cores are less than 10% busy. */
 async function waitForQuiet(seconds: number): Promise<boolean> {
   const until = Date.now() + seconds * 1000;
@@ -286,7 +183,7 @@ async function waitForQuiet(seconds: number): Promise<boolean> {
 async function main(): Promise<void> {
   const startedAt = new Date();
   const t0 = performance.now();
-  if (!args["no-build"]) build();
+  if (!args["no-build"]) build(ROOT);
   const quietWait = Number(args["quiet-wait"]);
   const w0 = performance.now();
   let quiet = true;
@@ -300,12 +197,12 @@ async function main(): Promise<void> {
   const pinning = TASKSET ? `server processes on core ${SERVER_CORE} (taskset -c ${SERVER_CORE}), load generator${pinned ? " and orchestrator" : ""} on core ${CLIENT_CORE}` : "UNPINNED (taskset missing)";
 
   log("starting keyward dev (EC static key)");
-  const kms = await startKeyward();
+  kms = await startKeywardDev(children, SERVER_CORE, { cpuProf: Boolean(args["cpu-prof"]) });
   const bare = wanted.has("bare") ? await startBare() : undefined;
   const config = loadConfig(kms.dir, { ...process.env, ...kms.env });
   const token = await issueDevToken({ dataDir: kms.dir, issuer: config.oauthIssuer, audience: config.oauthAudience, user: "alice@example.com", lifetimeSeconds: 3600 });
 
-  const lg = startLoadgen();
+  const lg = startIpcChild<LoadgenRequest>(children, CLIENT_CORE, ["--import", "tsx", join(HERE, "loadgen.ts")]);
   const setup = await lg.call<SetupResult>({ cmd: "setup", url: kms.url, token, channels: channelCount, concurrency, client: clientKind });
   log(`opened ${channelCount} channels; ping request ${setup.pingRequestBytes} B, ECDHE request ${setup.ecdheRequestBytes} B`);
 
@@ -344,9 +241,9 @@ async function main(): Promise<void> {
   const serverRss = rssMiB(serverPid);
 
   await lg.call({ cmd: "exit" }).catch(() => {});
-  await stop(lg.child);
-  if (bare) await stop(bare.child);
-  await stop(kms.child);
+  await children.stop(lg.child);
+  if (bare) await children.stop(bare.child);
+  await children.stop(kms.child);
 
   // ---- report ----
   const get = (op: string) => phases.find((p) => p.op === op);
@@ -376,10 +273,8 @@ async function main(): Promise<void> {
   }
   if (pingR && ceiling) ratioRows.push(["ping / ping crypto ceiling (info)", pct(pingR.throughput / ceiling.ping.opsPerSec), "–", "–"]);
 
-  const cpus = os.cpus();
-  const machine = `${cpus[0]?.model ?? "unknown CPU"}, ${cpus.length} cores, ${fmt(os.totalmem() / 2 ** 30, 1)} GiB RAM, Node ${process.version}, ${os.platform()} ${os.release()}`;
-  const git = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).stdout.trim();
-  const dirty = spawnSync("git", ["status", "--porcelain", "--", "src"], { cwd: ROOT, encoding: "utf8" }).stdout.trim() !== "";
+  const machine = machineLine();
+  const { commit: git, srcDirty: dirty } = gitState(ROOT);
   const method = [
     `concurrency ${concurrency} (closed loop, one request in flight per keep-alive connection, ${clientKind === "raw" ? "hand-parsed HTTP/1.1 sockets" : "http.Agent keepAlive"})`,
     `${args.warmup} s warm-up + ${args.measure} s measured per operation`,
@@ -387,7 +282,7 @@ async function main(): Promise<void> {
     pinning,
   ];
   const text = [
-    `## ${startedAt.toISOString()} (commit ${git || "?"}${dirty ? ", src/ modified" : ""})`,
+    `## ${startedAt.toISOString()} (commit ${git}${dirty ? ", src/ modified" : ""})`,
     "",
     `- machine: ${machine}`,
     ...method.map((m) => `- ${m}`),
@@ -428,8 +323,8 @@ async function main(): Promise<void> {
 }
 
 async function cleanup(): Promise<void> {
-  await Promise.all(children.map((c) => stop(c).catch(() => {})));
-  if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
+  await children.stopAll();
+  kms?.cleanup();
 }
 
 await runBench(main, cleanup);
