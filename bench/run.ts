@@ -24,7 +24,7 @@ import pg from "pg";
 import { loadConfig } from "../src/config/config.js";
 import { issueDevToken, startDevIdp } from "../src/identity/dev-idp.js";
 import { build, Children, fmt, gitState, log, machineLine, pct, runJsonChild, startIpcChild, table, type IpcChild, type KeywardDev } from "./lib/harness.js";
-import { prepareDataDir, startKeywardDevAt } from "./lib/keyward-dev-at.js";
+import { prepareDataDir, startKeywardDevAt } from "./lib/harness.js";
 import { cpuSampler, measureCpu, waitQuiet, type CpuUse } from "./lib/cpu.js";
 import type { PhaseResult } from "./lib/load.js";
 import { otherBenchProcesses } from "./lib/others.js";

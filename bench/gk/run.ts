@@ -24,7 +24,7 @@ import { loadConfig } from "../../src/config/config.js";
 import { issueDevToken } from "../../src/identity/dev-idp.js";
 import { appendResults, printCpuProfile } from "../lib/report.js";
 import { build, Children, fmt, gitState, log, machineLine, pct, runJsonChild, startIpcChild, table, type IpcChild, type KeywardDev } from "../lib/harness.js";
-import { prepareDataDir, startKeywardDevAt } from "../lib/keyward-dev-at.js";
+import { prepareDataDir, startKeywardDevAt } from "../lib/harness.js";
 import { otherBenchProcesses, type OtherProcess } from "../lib/others.js";
 import { pinPid, TASKSET } from "../lib/pin.js";
 import { coreTicks, cpuSeconds, rssMiB } from "../lib/proc.js";

@@ -1,11 +1,10 @@
 /**
  * Orchestration helpers shared by bench runners: pinned child processes stopped by their own PID,
  * `npm run build`, a `keyward dev` server on a fresh data dir, IPC-driven child processes,
- * markdown tables and the machine description. (bench/channel/run.ts has its own copies of some
- * of these; this module is the reusable form.)
+ * markdown tables and the machine description.
  */
 import { spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { spawnPinned } from "./pin.js";
@@ -83,8 +82,40 @@ export async function startKeywardDev(
   core: number,
   opts: { cpuProf?: boolean; env?: Record<string, string>; tmpPrefix?: string } = {},
 ): Promise<KeywardDev> {
-  const tmpDir = mkdtempSync(join(os.tmpdir(), opts.tmpPrefix ?? "keyward-bench-"));
+  const { tmpDir, dir } = prepareDataDir(opts.tmpPrefix ?? "keyward-bench-");
+  return startKeywardDevAt(children, core, { dir, tmpDir, readyTimeoutMs: 30_000, ...(opts.cpuProf ? { cpuProf: true } : {}), ...(opts.env ? { env: opts.env } : {}) });
+}
+
+/** A fresh temp dir holding a copy of `from` as `<tmp>/data` (nothing copied when `from` is undefined). */
+export function prepareDataDir(tmpPrefix: string, from?: string): { tmpDir: string; dir: string } {
+  const tmpDir = mkdtempSync(join(os.tmpdir(), tmpPrefix));
   const dir = join(tmpDir, "data");
+  if (from) cpSync(from, dir, { recursive: true });
+  return { tmpDir, dir };
+}
+
+/**
+ * `node bin/keyward.js dev --dir <dir>` (or `opts.command`) pinned to `core` (a core number, or a
+ * taskset list such as "0,1"), on free ports; `dir` may exist (it is
+ * used as is) or not (keyward dev initialises it). `cleanup()` removes `tmpDir`. With `cpuProf`,
+ * each start writes its profile to its own sub-dir of `<tmpDir>/prof`.
+ */
+export async function startKeywardDevAt(
+  children: Children,
+  core: number | string,
+  opts: {
+    dir: string;
+    tmpDir: string;
+    cpuProf?: boolean;
+    env?: Record<string, string>;
+    label?: string;
+    /** What to run instead of `bin/keyward.js dev --dir <dir>` (node arguments), e.g. `keyward serve`. */
+    command?: readonly string[];
+    /** How long to wait for /healthz (default 60 s). */
+    readyTimeoutMs?: number;
+  },
+): Promise<KeywardDev> {
+  const { dir, tmpDir } = opts;
   const port = await freePort();
   const idpPort = await freePort();
   const issuer = `http://127.0.0.1:${idpPort}`;
@@ -96,9 +127,10 @@ export async function startKeywardDev(
     KEYWARD_LOG_LEVEL: "warn",
     ...opts.env,
   };
-  const profDir = opts.cpuProf ? join(tmpDir, "prof") : undefined;
+  const profDir = opts.cpuProf ? join(tmpDir, "prof", opts.label ?? String(Date.now())) : undefined;
+  if (profDir) mkdirSync(profDir, { recursive: true });
   const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
-  const child = children.start(core, [...nodeArgs, "bin/keyward.js", "dev", "--dir", dir], {
+  const child = children.start(core, [...nodeArgs, ...(opts.command ?? ["bin/keyward.js", "dev", "--dir", dir])], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -107,7 +139,7 @@ export async function startKeywardDev(
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
   const url = `http://127.0.0.1:${port}`;
   const died = new Promise<never>((_, reject) => child.once("exit", (code) => reject(new Error(`keyward dev exited (${code}):\n${output}`))));
-  await Promise.race([died, waitFor(async () => (await fetch(`${url}/healthz`)).ok, "keyward /healthz")]);
+  await Promise.race([died, waitFor(async () => (await fetch(`${url}/healthz`)).ok, "keyward /healthz", opts.readyTimeoutMs ?? 60_000)]);
   died.catch(() => {});
   return {
     child, url, port, dir, tmpDir, env,
