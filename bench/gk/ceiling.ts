@@ -40,19 +40,8 @@ import { StaticKey } from "../../src/server/static-key.js";
 import { SealingKey } from "../../src/server/barrier/master-key.js";
 import { rfc3339 } from "../../src/server/key-agreement.js";
 import { ephemeralEcdh, uncompressedPoint } from "../../src/server/ecdhe-node-crypto.js";
-import { measureRate } from "../lib/ceiling-rate.js";
+import { measureRate, type Ceiling, type CeilingMode } from "../lib/ceiling-rate.js";
 
-export interface CeilingMode {
-  readonly inFlight: number;
-  readonly opsPerSec: number;
-  readonly meanMs: number;
-}
-export interface Ceiling {
-  readonly sequential: CeilingMode;
-  readonly concurrent: CeilingMode;
-  /** The better of the two: the ceiling. */
-  readonly opsPerSec: number;
-}
 export interface CeilingReport {
   readonly create: Ceiling;
   readonly get: Ceiling;

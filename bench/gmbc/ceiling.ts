@@ -28,20 +28,8 @@ import { parseGenesisOperations } from "../../src/primitives/gmbc/parse-block.js
 import { StaticKey } from "../../src/server/static-key.js";
 import { rfc3339 } from "../../src/server/key-agreement.js";
 import { ALICE, ChainSigner, DOMAIN, newMemberKey, type SignedBlock } from "./blocks.js";
-import { measureRate } from "../lib/ceiling-rate.js";
+import { measureRate, type Ceiling, type CeilingMode } from "../lib/ceiling-rate.js";
 
-export interface CeilingMode {
-  readonly inFlight: number;
-  readonly opsPerSec: number;
-  /** CPU time of one operation in the best window (ms): 1 / opsPerSec. */
-  readonly meanMs: number;
-}
-export interface Ceiling {
-  readonly sequential: CeilingMode;
-  readonly concurrent: CeilingMode;
-  /** The better of the two: the ceiling. */
-  readonly opsPerSec: number;
-}
 export interface CeilingReport {
   readonly append: Ceiling;
   /**

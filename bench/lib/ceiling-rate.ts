@@ -1,3 +1,19 @@
+/** One way of running an operation (1 or N in flight) and its best rate. */
+export interface CeilingMode {
+  readonly inFlight: number;
+  readonly opsPerSec: number;
+  /** CPU time of one operation in the best window (ms): 1 / opsPerSec. */
+  readonly meanMs: number;
+}
+
+/** An operation's ceiling: measured sequentially and concurrently, the better of the two. */
+export interface Ceiling {
+  readonly sequential: CeilingMode;
+  readonly concurrent: CeilingMode;
+  /** The better of the two: the ceiling. */
+  readonly opsPerSec: number;
+}
+
 /**
  * The rate measurement every crypto-ceiling process uses: `parallel` loops run `op` back to back;
  * a warm-up window, then `windows` windows of equal length over `measureMs`. The best window is
