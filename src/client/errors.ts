@@ -19,11 +19,27 @@ export class KmsRequestError extends Error {
 
 /** The KMS answered something the SDK cannot trust or use (bad signature, wrong requestId, ...). */
 export class KmsProtocolError extends Error {
-  override readonly name = "KmsProtocolError";
+  override readonly name: string = "KmsProtocolError";
   constructor(
     readonly code: string,
     message: string,
   ) {
     super(message);
   }
+}
+
+/**
+ * The transport could not deliver a request or its reply: the connection closed with the request
+ * in flight, no reply came within the timeout, or the transport itself refused. Nothing is known
+ * of whether the KMS ran the request; the channel itself stays usable.
+ *
+ * Codes: `ERR_TRANSPORT` (an unusable transport answer, e.g. an HTTP status other than 200/400),
+ * `ERR_TRANSPORT_CLOSED`, `ERR_TRANSPORT_TIMEOUT`.
+ *
+ * @example
+ * try { await client.ping(); }
+ * catch (e) { if (e instanceof KmsTransportError && e.code === "ERR_TRANSPORT_TIMEOUT") retryLater(); }
+ */
+export class KmsTransportError extends KmsProtocolError {
+  override readonly name = "KmsTransportError";
 }

@@ -1,6 +1,6 @@
 /** The Keyward client SDK (isomorphic: Node and browsers). */
 export { KmsClient, type KmsClientOptions, type KmsInfo, type Channel } from "./kms-client.js";
-export { KmsRequestError, KmsProtocolError } from "./errors.js";
+export { KmsRequestError, KmsProtocolError, KmsTransportError } from "./errors.js";
 export { KmsIdentityError, validateKmsIdentity, matchesDnsName } from "./kms-identity.js";
 export { HttpTransport, type KmsTransport } from "./transport.js";
 export { DeviceKey, type DeviceKeyType, type DeviceKeyAlgorithm, type KeyedJwk } from "./device-key.js";
