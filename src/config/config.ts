@@ -206,6 +206,8 @@ export const configSchema = z.strictObject({
   maxEventLoopLag: intIn(0, 60_000).default(100),
   maxBlocksPerAppend: intIn(1).default(100),
   maxOperationsPerBlock: intIn(1).default(10_000),
+  maxKeysPerEntity: intIn(1).default(16),
+  maxSignatureChecksPerAppend: intIn(1).default(200),
   clockSkew: intIn(0).default(300),
   workers: intIn(1).optional(),
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` }).default("info"),
@@ -291,6 +293,8 @@ export const CONFIG_KEYS = {
   maxEventLoopLag: { env: "KEYWARD_MAX_EVENT_LOOP_LAG", envType: "integer", required: false, default: "100", description: "Event-loop lag in milliseconds above which new messages are shed with HTTP 429 (0 = never)." },
   maxBlocksPerAppend: { env: "KEYWARD_MAX_BLOCKS_PER_APPEND", envType: "integer", required: false, default: "100", description: "Most blocks accepted in one append." },
   maxOperationsPerBlock: { env: "KEYWARD_MAX_OPERATIONS_PER_BLOCK", envType: "integer", required: false, default: "10000", description: "Most operations accepted in one block." },
+  maxKeysPerEntity: { env: "KEYWARD_MAX_KEYS_PER_ENTITY", envType: "integer", required: false, default: "16", description: "Most unrevoked device keys one entity may register (§10)." },
+  maxSignatureChecksPerAppend: { env: "KEYWARD_MAX_SIGNATURE_CHECKS_PER_APPEND", envType: "integer", required: false, default: "200", description: "Most signature verifications one append may cost; blocks without 'kid' cost one per key of their creator (§10)." },
   clockSkew: { env: "KEYWARD_CLOCK_SKEW", envType: "integer", required: false, default: "300", description: "Tolerated clock skew in seconds for client-supplied timestamps." },
   workers: { env: "KEYWARD_WORKERS", envType: "integer", required: false, default: undefined, description: "Number of worker processes (positive integer); unset lets the server choose." },
   logLevel: { env: "KEYWARD_LOG_LEVEL", envType: "string", required: false, default: "info", description: `Log level: ${LOG_LEVELS.join(", ")}.` },
@@ -452,6 +456,8 @@ export interface KeywardConfig {
   readonly maxEventLoopLag: number;
   readonly maxBlocksPerAppend: number;
   readonly maxOperationsPerBlock: number;
+  readonly maxKeysPerEntity: number;
+  readonly maxSignatureChecksPerAppend: number;
   readonly clockSkew: number;
   readonly workers?: number;
   readonly logLevel: (typeof LOG_LEVELS)[number];
@@ -618,6 +624,8 @@ export function resolveConfig(
     maxEventLoopLag: v.maxEventLoopLag,
     maxBlocksPerAppend: v.maxBlocksPerAppend,
     maxOperationsPerBlock: v.maxOperationsPerBlock,
+    maxKeysPerEntity: v.maxKeysPerEntity,
+    maxSignatureChecksPerAppend: v.maxSignatureChecksPerAppend,
     clockSkew: v.clockSkew,
     ...(v.workers !== undefined && { workers: v.workers }),
     logLevel: v.logLevel,

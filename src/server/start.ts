@@ -54,6 +54,8 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
       domain: config.domain,
       maxBlocksPerAppend: config.maxBlocksPerAppend,
       maxOperationsPerBlock: config.maxOperationsPerBlock,
+      maxKeysPerEntity: config.maxKeysPerEntity,
+      maxSignatureChecksPerAppend: config.maxSignatureChecksPerAppend,
       gmbcReaders: config.gmbcReaders,
       policy: config.policy,
       ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),

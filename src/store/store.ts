@@ -5,6 +5,9 @@
  * Nothing secret reaches a store in the clear: fields named `sealed*` hold barrier ciphertext
  * (src/server/barrier), and the store never sees the keys that open them.
  */
+/** What became of a key registration (see Store.registerEntityKey). */
+export type RegisterKeyOutcome = "registered" | "duplicate" | "limit";
+
 export interface Store {
   /** Applies pending schema migrations; safe to call on every start and from several nodes. */
   migrate(): Promise<void>;
@@ -27,12 +30,23 @@ export interface Store {
    * limit, otherwise records the requestId and counts the message.
    */
   recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome>;
+  /**
+   * Counts a message without a replay record ("recorded" when counted): for a refusal the KMS
+   * answers on the channel's key before the requestId is known or checked. Every encryption under
+   * the key counts toward the limit, whoever caused it.
+   */
+  countChannelMessage(uri: string, messageLimit: number): Promise<CountOutcome>;
   /** Removes channels that expired before `before` (with their replay records); returns how many. */
   purgeChannels(before: Date): Promise<number>;
 
   // ── Entity key directory (§7) ──────────────────────────────────────────────────────────────
-  /** Registers a device key; false (nothing stored) when the entity already has a key with that kid. */
-  registerEntityKey(key: EntityKeyRecord): Promise<boolean>;
+  /**
+   * Registers a device key, atomically with its two checks (nothing stored unless "registered"):
+   * "duplicate" when the entity already has a key with that kid (revoked ones included), "limit"
+   * when it already has `maxActiveKeys` unrevoked keys (§10). Concurrent registrations of one
+   * entity, on any node, never exceed the limit.
+   */
+  registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome>;
   /** An entity's keys, oldest first; revoked ones only when asked. */
   listEntityKeys(entity: string, opts?: { includeRevoked?: boolean }): Promise<EntityKeyRecord[]>;
   /** Marks a key revoked; false when the entity has no such active key. */
@@ -122,6 +136,7 @@ export interface MembershipChange {
 }
 
 export type RecordOutcome = "recorded" | "replay" | "exhausted" | "unknown";
+export type CountOutcome = Exclude<RecordOutcome, "replay">;
 
 export interface ChannelRecord {
   /** kms://<authority>/ecdhe/<uuid> */

@@ -8,7 +8,9 @@ import type {
   GkRecord,
   MembershipChange,
   NewBlock,
+  CountOutcome,
   RecordOutcome,
+  RegisterKeyOutcome,
   Store,
 } from "../store.js";
 import { postgresMigrations } from "./migrations.js";
@@ -98,10 +100,12 @@ const SQL = {
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (client_key_thumbprint) DO NOTHING`,
   getChannel: "SELECT * FROM channels WHERE uri = $1",
   recordMessage: "SELECT keyward_record_channel_message($1, $2, $3) AS outcome",
+  countMessage: `WITH counted AS (UPDATE channels SET message_count = message_count + 1 WHERE uri = $1 AND message_count < $2 RETURNING 1)
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM counted) THEN 'recorded' WHEN EXISTS (SELECT 1 FROM channels WHERE uri = $1) THEN 'exhausted' ELSE 'unknown' END AS outcome`,
   deleteChannels: "DELETE FROM channels WHERE uri = $1 RETURNING uri",
   deleteExpired: "DELETE FROM channels WHERE expires_at < $1 RETURNING uri",
   deleteRequests: "DELETE FROM channel_requests WHERE channel_uri = ANY($1::text[])",
-  insertKey: "INSERT INTO entity_keys (entity, kid, jwk, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+  registerKey: "SELECT keyward_register_entity_key($1, $2, $3, $4, $5) AS outcome",
   activeKeys: "SELECT * FROM entity_keys WHERE entity = $1 AND revoked_at IS NULL ORDER BY created_at, kid",
   allKeys: "SELECT * FROM entity_keys WHERE entity = $1 ORDER BY created_at, kid",
   revokeKey: "UPDATE entity_keys SET revoked_at = $1 WHERE entity = $2 AND kid = $3 AND revoked_at IS NULL",
@@ -355,13 +359,18 @@ export class PostgresStore implements Store {
     return r.rows[0]!.outcome;
   }
 
+  async countChannelMessage(uri: string, messageLimit: number): Promise<CountOutcome> {
+    const r = await this.run<{ outcome: CountOutcome }>("countMessage", [uri, messageLimit]);
+    return r.rows[0]!.outcome;
+  }
+
   async purgeChannels(before: Date): Promise<number> {
     return this.deleteChannelsTx("deleteExpired", before.getTime());
   }
 
-  async registerEntityKey(key: EntityKeyRecord): Promise<boolean> {
-    const r = await this.run("insertKey", [key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime()]);
-    return r.rowCount === 1;
+  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome> {
+    const r = await this.run<{ outcome: RegisterKeyOutcome }>("registerKey", [key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime(), maxActiveKeys]);
+    return r.rows[0]!.outcome;
   }
 
   async listEntityKeys(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKeyRecord[]> {

@@ -8,14 +8,17 @@ import type {
   GkRecord,
   MembershipChange,
   NewBlock,
+  CountOutcome,
   RecordOutcome,
+  RegisterKeyOutcome,
   Store,
 } from "../store.js";
 import { sqliteMigrations } from "./migrations.js";
 
 interface PendingRecord {
   readonly uri: string;
-  readonly requestId: string;
+  /** undefined: count the message only (a refusal answered before the replay check). */
+  readonly requestId: string | undefined;
   readonly limit: number;
   resolve?: (outcome: RecordOutcome) => void;
   reject?: (e: unknown) => void;
@@ -132,6 +135,8 @@ export class SqliteStore implements Store {
       channelExists: db.prepare("SELECT 1 FROM channels WHERE uri = ?").pluck(),
       expired: db.prepare("SELECT uri FROM channels WHERE expires_at < ?").pluck(),
       insertKey: db.prepare("INSERT INTO entity_keys (entity, kid, jwk, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+      hasKid: db.prepare("SELECT 1 FROM entity_keys WHERE entity = ? AND kid = ?").pluck(),
+      countActiveKeys: db.prepare("SELECT count(*) FROM entity_keys WHERE entity = ? AND revoked_at IS NULL").pluck(),
       activeKeys: db.prepare("SELECT * FROM entity_keys WHERE entity = ? AND revoked_at IS NULL ORDER BY created_at, kid"),
       allKeys: db.prepare("SELECT * FROM entity_keys WHERE entity = ? ORDER BY created_at, kid"),
       revokeKey: db.prepare("UPDATE entity_keys SET revoked_at = ? WHERE entity = ? AND kid = ? AND revoked_at IS NULL"),
@@ -225,10 +230,10 @@ export class SqliteStore implements Store {
     // transaction (one WAL append instead of one per request), each with its own outcome.
     const recordBatch = this.db.transaction((items: readonly PendingRecord[]): RecordOutcome[] =>
       items.map(({ uri, requestId, limit }): RecordOutcome => {
-        if (this.stmts.insertRequest.run(uri, requestId).changes === 0) return "replay";
+        if (requestId !== undefined && this.stmts.insertRequest.run(uri, requestId).changes === 0) return "replay";
         if (this.stmts.countChannel.run(uri, limit).changes === 0) {
           // Exhausted or unknown: leave no replay record behind.
-          this.stmts.deleteRequest.run(uri, requestId);
+          if (requestId !== undefined) this.stmts.deleteRequest.run(uri, requestId);
           return this.stmts.channelExists.get(uri) ? "exhausted" : "unknown";
         }
         return "recorded";
@@ -265,7 +270,13 @@ export class SqliteStore implements Store {
     const insertGks = this.db.transaction((gks: readonly GkRecord[]) => {
       for (const gk of gks) this.insertGk(gk);
     });
-    return { deleteChannel, recordBatch, createChain, append, purge, insertGks };
+    const registerKey = this.db.transaction((key: EntityKeyRecord, maxActiveKeys: number): RegisterKeyOutcome => {
+      if (this.stmts.hasKid.get(key.entity, key.kid) !== undefined) return "duplicate";
+      if ((this.stmts.countActiveKeys.get(key.entity) as number) >= maxActiveKeys) return "limit";
+      this.stmts.insertKey.run(key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime());
+      return "registered";
+    });
+    return { deleteChannel, recordBatch, createChain, append, purge, insertGks, registerKey };
   }
 
   private insertBlock(chainUri: string, b: NewBlock): void {
@@ -277,6 +288,14 @@ export class SqliteStore implements Store {
   }
 
   async recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome> {
+    return this.queueRecord(uri, requestId, messageLimit);
+  }
+
+  async countChannelMessage(uri: string, messageLimit: number): Promise<CountOutcome> {
+    return this.queueRecord(uri, undefined, messageLimit) as Promise<CountOutcome>;
+  }
+
+  private queueRecord(uri: string, requestId: string | undefined, messageLimit: number): Promise<RecordOutcome> {
     return new Promise<RecordOutcome>((resolve, reject) => {
       this.pendingRecords.push({ uri, requestId, limit: messageLimit, resolve, reject });
       if (this.pendingRecords.length === 1) setImmediate(() => this.flushRecords());
@@ -294,8 +313,10 @@ export class SqliteStore implements Store {
     }
   }
 
-  async registerEntityKey(key: EntityKeyRecord): Promise<boolean> {
-    return this.stmts.insertKey.run(key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime()).changes === 1;
+  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome> {
+    // IMMEDIATE: the count and the insert hold the write lock together, so worker processes
+    // sharing the file cannot both pass the limit.
+    return this.transactions.registerKey.immediate(key, maxActiveKeys);
   }
 
   async listEntityKeys(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKeyRecord[]> {
