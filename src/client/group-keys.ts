@@ -2,6 +2,7 @@ import { base64url, CompactEncrypt, compactDecrypt, decodeProtectedHeader, gener
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { KmsProtocolError } from "./errors.js";
 import type { KmsClient } from "./kms-client.js";
+import { isCanonicalBase64url } from "../protocol/jose/canonical-base64url.js";
 
 /** What GroupKeys needs of a device key: its kid and its private JWK (to unwrap GKs). */
 export interface DeviceKeyLike {
@@ -131,6 +132,10 @@ export class GroupKeys {
   /** `expected.block`: a hash it must be bound to, `null` for "must be unbound", undefined for "either". */
   private async open(jws: unknown, expected: { uri?: string; block?: string | null }): Promise<GroupKey> {
     if (typeof jws !== "string") throw new KmsProtocolError("ERR_GK_REPLY", "the KMS reply has no 'gk'");
+    // §10: one spelling per signed GK, as for blocks (a relay must not re-spell what the KMS signed).
+    if (!jws.split(".").every(isCanonicalBase64url)) {
+      throw new KmsProtocolError("ERR_GK_NOT_CANONICAL", "the GK's base64url is not canonical (decoding and re-encoding gives other text)");
+    }
     const kms = await this.kms.discover();
     const gk = (await this.kms.verifyKmsSignature(jws)) as SignedGk;
     if (typeof gk.uri !== "string" || gk.creator !== kms.uri || typeof gk.created !== "string") {

@@ -8,6 +8,7 @@ import { parseCredential, parseRequest, requestIdOf, type RequestId, type Reques
 import type { AuthenticatedIdentity } from "../identity/authenticator.js";
 import { objectUri, resolveUri } from "../protocol/uri.js";
 import type { CoreServices } from "./context.js";
+import { echo } from "../protocol/echo.js";
 
 /** Thrown inside key agreement: every error there is a JWS error (§4), with the requestId once known. */
 export class KeyAgreementError extends Error {
@@ -68,11 +69,11 @@ export async function createEphemeralKey(services: CoreServices, message: string
 
   try {
     const target = resolveUri(request.uri, settings.authority);
-    if (target.foreign) throw notFound(`${request.uri} names another KMS`, "ERR_FOREIGN_AUTHORITY");
+    if (target.foreign) throw notFound(`${echo(request.uri)} names another KMS`, "ERR_FOREIGN_AUTHORITY");
     if (target.path !== "/ecdhe") {
       throw badRequest("only 'create /ecdhe' may be encrypted to the KMS static key; other requests go on a channel", "ERR_STATIC_KEY_MISUSE");
     }
-    if (request.method !== "create") throw methodNotAllowed(`'${request.method}' is not supported on /ecdhe`);
+    if (request.method !== "create") throw methodNotAllowed(`'${echo(request.method)}' is not supported on /ecdhe`);
     const client = importClientEcdhKey(request.jwk, "jwk");
     const clientKeyThumbprint = jwkThumbprintEcP256(client.jwk.x, client.jwk.y);
 
@@ -119,7 +120,7 @@ function checkStaticHeader(header: Readonly<Record<string, unknown>>, allowed: r
     const alg = header.alg as string;
     if (alg === "dir") throw badRequest("'dir' is only for common messages on a channel", "ERR_ALG");
     if (!allowed.includes(alg)) {
-      throw badRequest(`algorithm '${alg}' does not match the KMS static key (accepted: ${allowed.join(", ")})`, "ERR_ALG");
+      throw badRequest(`algorithm '${echo(alg)}' does not match the KMS static key (accepted: ${allowed.join(", ")})`, "ERR_ALG");
     }
     if (header.enc !== CONTENT_ENCRYPTION) throw badRequest(`content encryption must be ${CONTENT_ENCRYPTION}`, "ERR_ENC");
   } catch (e) {
