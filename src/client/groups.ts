@@ -119,7 +119,7 @@ export class Groups {
    */
   async registerDevice(): Promise<DeviceRegistration> {
     try {
-      await this.kms.request("create", "/entities/keys", { jwk: { ...this.device.publicJwk } });
+      await this.kms.request("create", "/entities/keys", { jwk: { ...this.device.publicJwk } }, { expect: 201 });
       return "registered";
     } catch (e) {
       if (!(e instanceof KmsRequestError) || e.status !== 409) throw e;
@@ -146,7 +146,7 @@ export class Groups {
    */
   async keysOf(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKey[]> {
     const e = entityOrThrow(entity);
-    const reply = await this.kms.request("retrieve", `/entities/${encodeURIComponent(e)}/keys`, opts.includeRevoked ? { includeRevoked: true } : {});
+    const reply = await this.kms.request("retrieve", `/entities/${encodeURIComponent(e)}/keys`, opts.includeRevoked ? { includeRevoked: true } : {}, { expect: 200 });
     const keys = reply.keys;
     if (!Array.isArray(keys) || !keys.every((k) => typeof k === "object" && k !== null && typeof (k as JWK).kid === "string")) {
       throw new KmsProtocolError("ERR_KEYS_REPLY", `the KMS listed no usable 'keys' for ${e}`);
@@ -163,7 +163,7 @@ export class Groups {
    * await groups.revokeDevice("alice-old-laptop");
    */
   async revokeDevice(kid: string = this.device.kid): Promise<void> {
-    await this.kms.request("delete", `/entities/${encodeURIComponent(this.user)}/keys/${encodeURIComponent(kid)}`);
+    await this.kms.request("delete", `/entities/${encodeURIComponent(this.user)}/keys/${encodeURIComponent(kid)}`, {}, { expect: 204 });
   }
 
   /**
@@ -177,7 +177,7 @@ export class Groups {
    */
   async create(members: readonly string[]): Promise<Group> {
     const operations = normalizeOperations(members.map((entity) => ({ entity, optype: "add" as const })));
-    const reply = await this.kms.request("create", "/blocks", { blockPayload: { operations } });
+    const reply = await this.kms.request("create", "/blocks", { blockPayload: { operations } }, { expect: 201 });
     if (typeof reply.block !== "string") throw new KmsProtocolError("ERR_BLOCK_REPLY", "the KMS created a group but sent no 'block'");
     const { blocks, members: membership } = await verifyChain([reply.block], await this.verifyOptions());
     const genesis = blocks[0]!;
@@ -238,7 +238,7 @@ export class Groups {
       const jws = await signAppendedBlock(payload, await this.device.signingKey(), { alg: this.device.alg, kid: this.device.kid });
       let reply;
       try {
-        reply = await this.kms.request("create", groupUri, { blocks: [jws] });
+        reply = await this.kms.request("create", groupUri, { blocks: [jws] }, { expect: 200 });
       } catch (e) {
         if (e instanceof KmsRequestError && e.status === 409 && attempt < this.maxRetries) {
           await sleep(5 + Math.random() * 20 * (attempt + 1));
@@ -342,7 +342,7 @@ export class Groups {
       if (cached) {
         const tail = cached.blocks[cached.blocks.length - 1]!.hash;
         try {
-          const reply = await this.kms.request("retrieve", groupUri, { antecedent: tail });
+          const reply = await this.kms.request("retrieve", groupUri, { antecedent: tail }, { expect: 200 });
           next = await extendChain(cached, reply.blocks);
         } catch (e) {
           // 404: the KMS does not know the cached tail any more (the chain is then fetched anew).
@@ -350,7 +350,7 @@ export class Groups {
         }
       }
       if (!next) {
-        const reply = await this.kms.request("retrieve", groupUri);
+        const reply = await this.kms.request("retrieve", groupUri, {}, { expect: 200 });
         next = await extendChain(undefined, reply.blocks);
         const genesis = next.blocks[0]!;
         if (cached && cached.blocks[0]!.hash !== genesis.hash) {
