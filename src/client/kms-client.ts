@@ -230,8 +230,10 @@ export class KmsClient {
     if (!channel) return;
     this.current = undefined;
     const reply = await this.exchange(channel, "delete", channel.uri, {});
-    if (reply.kind !== "refused" && reply.payload.status !== 204) {
-      throw new KmsRequestError(reply.payload.status, String(reply.payload.reason ?? ""), reply.form);
+    if (reply.kind === "refused") return;
+    if (reply.payload.status >= 400) throw new KmsRequestError(reply.payload.status, String(reply.payload.reason ?? ""), reply.form);
+    if (reply.payload.status !== 204) {
+      throw new KmsProtocolError("ERR_REPLY_STATUS", `delete ${channel.uri}: the KMS answered status ${reply.payload.status}, not 204`);
     }
   }
 

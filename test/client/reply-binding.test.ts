@@ -256,6 +256,11 @@ describe("a KMS double: success statuses, unbound replies and JWS errors", () =>
       const e = await protocolError(run(), "ERR_REPLY_STATUS");
       expect(e.message, name).toMatch(new RegExp(`answered status ${sent}, not ${expected}$`));
     }
+    // close: the channel's delete is 204.
+    double.reset();
+    await client.ping();
+    double.answer = async (req) => ({ status: 200, requestId: req.requestId });
+    expect((await protocolError(client.close(), "ERR_REPLY_STATUS")).message).toMatch(/answered status 200, not 204$/);
     // A status that is not 2xx and not an error: never a success, even without an expected status.
     double.answer = async (req) => ({ status: 302, requestId: req.requestId });
     await protocolError(client.request("update", "/ping"), "ERR_REPLY_STATUS");
