@@ -77,7 +77,8 @@ interface ChainState {
  * trusted to have checked signatures when it accepted the blocks); `verify` checks every
  * signature, link and operation from the genesis block, signed by the discovered KMS key. If the
  * KMS no longer knows the cached tail (404), the chain is fetched again from scratch; it must
- * still start with the same genesis block.
+ * still start with the same genesis block and contain every cached block as a prefix (else
+ * ChainVerificationError ERR_CHAIN_ROLLBACK: a shorter or forked chain could hide a removal).
  *
  * @example
  * const kms = new KmsClient({ url, user: "alice@example.com", token, trustRoots: [caPem] });
@@ -359,6 +360,7 @@ export class Groups {
         if ((genesis.payload as GenesisPayload).uri !== groupUri) {
           throw new ChainVerificationError("ERR_CHAIN_GENESIS", 0, `block 0 (${genesis.hash.slice(0, 8)}…): the chain uri is ${(genesis.payload as GenesisPayload).uri}, not ${groupUri}`);
         }
+        if (cached) refuseRollback(groupUri, cached, next);
       }
       this.#chains.set(groupUri, next);
       return next;
@@ -448,6 +450,27 @@ async function extendChain(base: ChainState | undefined, jwsList: unknown): Prom
     blocks.push(block);
   }
   return { blocks, members, curator };
+}
+
+/**
+ * A chain fetched again from scratch (after a 404 on the cached tail) must hold every block this
+ * client already had, as a prefix, by hash: the chain never forks nor loses blocks (§8), so a
+ * shorter chain, or one that forks before the cached tail, is a rollback that could hide a
+ * membership change (a removal). ChainVerificationError ERR_CHAIN_ROLLBACK names the first block
+ * that is missing or different; the cache keeps the blocks it had.
+ */
+function refuseRollback(groupUri: string, cached: ChainState, next: ChainState): void {
+  const index = cached.blocks.findIndex((b, i) => next.blocks[i]?.hash !== b.hash);
+  if (index < 0) return;
+  const known = cached.blocks[index]!;
+  const got = next.blocks[index];
+  throw new ChainVerificationError(
+    "ERR_CHAIN_ROLLBACK",
+    index,
+    `block ${index} (${known.hash.slice(0, 8)}…): ${groupUri} was fetched again ` +
+      (got ? `with another block at ${index} (${got.hash.slice(0, 8)}…)` : `with only ${next.blocks.length} block(s)`) +
+      `, but this client already had ${cached.blocks.length}: a rollback or a fork, refused (it could hide a membership change)`,
+  );
 }
 
 /** Operations with entities normalized; an Error (nothing sent) for an empty list or a bad entity. */
