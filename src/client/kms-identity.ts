@@ -144,13 +144,19 @@ function notCaReason(cert: x509.X509Certificate, intermediatesBelow: number): st
   return null;
 }
 
-/** Extensions this validator processes; any other one marked critical refuses the certificate. */
+/**
+ * Extensions this validator processes; any other one marked critical refuses the certificate.
+ * The key identifiers (which RFC 5280 says must not be critical) constrain nothing: understood as
+ * such, as the server's §6 credential check does.
+ */
 const HANDLED_CRITICAL_EXTENSIONS: ReadonlyMap<string, string> = new Map([
   ["2.5.29.19", "basicConstraints"],
   ["2.5.29.15", "keyUsage"],
   ["2.5.29.37", "extendedKeyUsage"],
   ["2.5.29.17", "subjectAltName"],
   ["2.5.29.30", "nameConstraints"],
+  ["2.5.29.14", "subjectKeyIdentifier"],
+  ["2.5.29.35", "authorityKeyIdentifier"],
 ]);
 const OID_NAME_CONSTRAINTS = "2.5.29.30";
 const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";

@@ -469,7 +469,7 @@ describe("validateKmsIdentity", () => {
         code: "ERR_KMS_CERT_CRITICAL_EXTENSION",
         message:
           'x5c[0] "CN=example.com" has a critical extension 1.3.6.1.4.1.55555.1.1 that this client does not process ' +
-          "(it processes basicConstraints, keyUsage, extendedKeyUsage, subjectAltName, nameConstraints)",
+          "(it processes basicConstraints, keyUsage, extendedKeyUsage, subjectAltName, nameConstraints, subjectKeyIdentifier, authorityKeyIdentifier)",
       },
     },
     {
@@ -680,5 +680,34 @@ describe("KmsClient: previous KMS keys from discovery (static key rotation)", ()
     }
     // One re-discovery per failed verification, never more.
     expect(discoveries).toBe(4);
+  });
+});
+
+describe("KmsClient: a fake KMS certified by a name-constrained sub-CA", () => {
+  it("is refused at discovery: the bearer token is never sent", async () => {
+    const partner = await subCa("Partner CA", { extensions: [nameConstraints({ permitted: ["partner.org"] })] });
+    const fake = await kmsJwk(partner, [partner.cert], ["kms.example.com", "example.com"]);
+    const sent: string[] = [];
+    const client = new KmsClient({
+      transport: {
+        discover: async () => ({ uri: "kms://kms.example.com", jwk: { ...fake, kid: "kms://kms.example.com" }, protocol: "draft-abiggs-saag-key-management-service-03" }),
+        send: async (message) => (sent.push(message), Promise.reject(new Error("the fake KMS got a message"))),
+      },
+      user: "alice@example.com",
+      token: "alice-bearer-token",
+      trustRoots: [ca.certPem],
+    });
+    const e = await refusal(client.ping());
+    expect(e.code).toBe("ERR_KMS_CERT_NAME_CONSTRAINTS");
+    expect(sent).toEqual([]);
+    // The same sub-CA's certificate for its own domain works for a partner.org user.
+    const own = await kmsJwk(partner, [partner.cert], ["kms.partner.org", "partner.org"]);
+    const partnerClient = new KmsClient({
+      transport: { discover: async () => ({ uri: "kms://kms.partner.org", jwk: { ...own, kid: "kms://kms.partner.org" } }), send: () => Promise.reject(new Error("unused")) },
+      user: "bob@partner.org",
+      token: "bob-bearer-token",
+      trustRoots: [ca.certPem],
+    });
+    expect((await partnerClient.discover()).uri).toBe("kms://kms.partner.org");
   });
 });
