@@ -56,7 +56,7 @@ export class GroupKeys {
 
   /** `create /gks` (optionally bound at `block`, a hash where the user is a member). */
   async create(options: { block?: string } = {}): Promise<GroupKey> {
-    const reply = await this.kms.request("create", "/gks", options.block ? { block: options.block } : {});
+    const reply = await this.kms.request("create", "/gks", options.block ? { block: options.block } : {}, { expect: 201 });
     const gk = await this.open(reply.gk, { block: options.block ?? null });
     this.cache.set(gk.uri, gk);
     return gk;
@@ -64,7 +64,7 @@ export class GroupKeys {
 
   /** `update <gk uri>` with `block`: binds an unbound GK this user created. */
   async bind(gkUri: string, block: string): Promise<GroupKey> {
-    const reply = await this.kms.request("update", gkUri, { block });
+    const reply = await this.kms.request("update", gkUri, { block }, { expect: 200 });
     const gk = await this.open(reply.gk, { uri: gkUri, block });
     this.cache.set(gk.uri, gk);
     return gk;
@@ -74,7 +74,7 @@ export class GroupKeys {
   async fetch(gkUri: string): Promise<GroupKey> {
     const cached = this.cache.get(gkUri);
     if (cached) return cached;
-    const reply = await this.kms.request("retrieve", gkUri, { entity: this.opts.user });
+    const reply = await this.kms.request("retrieve", gkUri, { entity: this.opts.user }, { expect: 200 });
     const gk = await this.open(reply.gk, { uri: gkUri });
     this.cache.set(gk.uri, gk);
     return gk;

@@ -20,7 +20,9 @@ export type ChainErrorCode =
   | "ERR_CHAIN_LINK"
   | "ERR_CHAIN_NOT_MEMBER"
   | "ERR_CHAIN_OPERATION"
-  | "ERR_CHAIN_MALFORMED";
+  | "ERR_CHAIN_MALFORMED"
+  /** SDK only: a chain fetched again lacks blocks this client already had (rollback or fork). */
+  | "ERR_CHAIN_ROLLBACK";
 
 /**
  * Why a chain failed verification: a stable `code`, the position `index` of the first block
