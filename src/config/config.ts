@@ -204,6 +204,7 @@ export const configSchema = z.strictObject({
   maxBatchMessages: intIn(1).default(50),
   maxInFlight: intIn(1).default(4096),
   maxEventLoopLag: intIn(0, 60_000).default(100),
+  bodyReadTimeout: intIn(1, 300).default(10),
   maxBlocksPerAppend: intIn(1).default(100),
   maxOperationsPerBlock: intIn(1).default(10_000),
   clockSkew: intIn(0).default(300),
@@ -289,6 +290,7 @@ export const CONFIG_KEYS = {
   maxBatchMessages: { env: "KEYWARD_MAX_BATCH_MESSAGES", envType: "integer", required: false, default: "50", description: "Most messages accepted in one batch." },
   maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Messages in progress (per process) above which new ones are shed with HTTP 429." },
   maxEventLoopLag: { env: "KEYWARD_MAX_EVENT_LOOP_LAG", envType: "integer", required: false, default: "100", description: "Event-loop lag in milliseconds above which new messages are shed with HTTP 429 (0 = never)." },
+  bodyReadTimeout: { env: "KEYWARD_BODY_READ_TIMEOUT", envType: "integer", required: false, default: "10", description: "Seconds a client may take to send a request body (1–300); then HTTP 408 and the connection is closed. Request headers get the same time, at most 10 s." },
   maxBlocksPerAppend: { env: "KEYWARD_MAX_BLOCKS_PER_APPEND", envType: "integer", required: false, default: "100", description: "Most blocks accepted in one append." },
   maxOperationsPerBlock: { env: "KEYWARD_MAX_OPERATIONS_PER_BLOCK", envType: "integer", required: false, default: "10000", description: "Most operations accepted in one block." },
   clockSkew: { env: "KEYWARD_CLOCK_SKEW", envType: "integer", required: false, default: "300", description: "Tolerated clock skew in seconds for client-supplied timestamps." },
@@ -450,6 +452,8 @@ export interface KeywardConfig {
   readonly maxBatchMessages: number;
   readonly maxInFlight: number;
   readonly maxEventLoopLag: number;
+  /** Seconds, 1–300. */
+  readonly bodyReadTimeout: number;
   readonly maxBlocksPerAppend: number;
   readonly maxOperationsPerBlock: number;
   readonly clockSkew: number;
@@ -616,6 +620,7 @@ export function resolveConfig(
     maxBatchMessages: v.maxBatchMessages,
     maxInFlight: v.maxInFlight,
     maxEventLoopLag: v.maxEventLoopLag,
+    bodyReadTimeout: v.bodyReadTimeout,
     maxBlocksPerAppend: v.maxBlocksPerAppend,
     maxOperationsPerBlock: v.maxOperationsPerBlock,
     clockSkew: v.clockSkew,
