@@ -673,8 +673,9 @@ export function loadConfig(dataDir: string, env: Record<string, string | undefin
 }
 
 /**
- * Writes `<dataDir>/config.json` (pretty-printed, mode 0644) with exactly the given keys, replacing
- * the file atomically. Keys whose value is `undefined` are left out. Unknown keys and invalid values
+ * Writes `<dataDir>/config.json` (pretty-printed, mode 0600: it may hold `oauthClientSecret` and a
+ * `storeUrl` with a password) with exactly the given keys, replacing the file atomically, so a
+ * rewrite also narrows the mode of an older 0644 file. Keys whose value is `undefined` are left out. Unknown keys and invalid values
  * are refused with a {@link ConfigError}; the master key is not a configuration key and so can never
  * be written. The data directory must exist.
  *
@@ -702,8 +703,10 @@ export function writeConfigFile(dataDir: string, values: Partial<ConfigFileValue
   const file = join(resolve(dataDir), CONFIG_FILE);
   const tmp = `${file}.${process.pid}.tmp`;
   try {
-    writeFileSync(tmp, JSON.stringify(out, null, 2) + "\n", { mode: 0o644 });
-    chmodSync(tmp, 0o644);
+    // A fresh file ("wx"), created 0600: a stale temp file of another mode is never reused.
+    rmSync(tmp, { force: true });
+    writeFileSync(tmp, JSON.stringify(out, null, 2) + "\n", { mode: 0o600, flag: "wx" });
+    chmodSync(tmp, 0o600);
     renameSync(tmp, file);
   } catch (e) {
     rmSync(tmp, { force: true });
