@@ -288,7 +288,7 @@ export const CONFIG_KEYS = {
   trustRoots: { env: "KEYWARD_TRUST_ROOTS", envType: "string", required: false, default: undefined, description: "PEM bundle of trust roots (path relative to the data directory)." },
   maxMessageBytes: { env: "KEYWARD_MAX_MESSAGE_BYTES", envType: "integer", required: false, default: "1048576", description: "Largest request message accepted, in bytes." },
   maxBatchMessages: { env: "KEYWARD_MAX_BATCH_MESSAGES", envType: "integer", required: false, default: "50", description: "Most messages accepted in one batch." },
-  maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Messages in progress (per process) above which new ones are shed with HTTP 429." },
+  maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Requests in progress (per process; counted once their body has arrived) above which new ones are shed with HTTP 429." },
   maxEventLoopLag: { env: "KEYWARD_MAX_EVENT_LOOP_LAG", envType: "integer", required: false, default: "100", description: "Event-loop lag in milliseconds above which new messages are shed with HTTP 429 (0 = never)." },
   bodyReadTimeout: { env: "KEYWARD_BODY_READ_TIMEOUT", envType: "integer", required: false, default: "10", description: "Seconds a client may take to send a request body (1–300); then HTTP 408 and the connection is closed. Request headers get the same time, at most 10 s." },
   maxBlocksPerAppend: { env: "KEYWARD_MAX_BLOCKS_PER_APPEND", envType: "integer", required: false, default: "100", description: "Most blocks accepted in one append." },

@@ -13,6 +13,7 @@ export interface HttpBindingOptions {
   ready(): Promise<void>;
   /** Prometheus text exposition for /metrics. */
   metrics(): Promise<{ contentType: string; body: string }>;
+  /** The limit of every HTTP body, the batch form's whole envelope included (§10): larger is 413. */
   readonly maxMessageBytes: number;
   readonly maxBatchMessages: number;
   /** Requests in flight (bodies received, replies not yet sent) above which new requests are shed with 429. */
@@ -47,6 +48,8 @@ export const DEFAULT_BODY_READ_TIMEOUT_MS = 10_000;
  * the reply before the client reads it (RFC 9112 §9.6, "lingering close").
  */
 const LINGER_MS = 2_000;
+/** What a refused client may still send during the linger: its declared Content-Length, or at least this. */
+const LINGER_MIN_BYTES = 2 * 1024 * 1024;
 
 /**
  * The HTTP binding of §3. Thin on purpose: it reads a body, hands each compact JOSE message to the
@@ -214,19 +217,16 @@ function lingerIfBodyUnread(req: IncomingMessage, res: ServerResponse): void {
     const timer = setTimeout(close, LINGER_MS);
     timer.unref();
     socket.once("close", () => clearTimeout(timer));
-    const budget = Number(req.headers["content-length"]) || 0;
+    const budget = Math.max(Number(req.headers["content-length"]) || 0, LINGER_MIN_BYTES);
     let discarded = 0;
     req.on("data", (chunk: Buffer) => {
       discarded += chunk.length;
-      if (discarded > Math.max(budget, LINGER_DEFAULT_BYTES)) close();
+      if (discarded > budget) close();
     });
     req.once("end", close);
     req.resume();
   });
 }
-
-/** The most a refused client may send after its refusal without a Content-Length (chunked). */
-const LINGER_DEFAULT_BYTES = 2 * 1024 * 1024;
 
 function send(res: ServerResponse, status: number, type: string, body: string, headers: Record<string, string> = {}): void {
   res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(body), "cache-control": "no-store", ...headers });
