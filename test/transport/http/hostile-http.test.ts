@@ -214,4 +214,20 @@ describe("HTTP binding against hostile clients", () => {
     await new Promise((r) => setTimeout(r, 50));
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
   });
+
+  it("a client that never reads its reply is disconnected after the idle timeout", async () => {
+    // A reply far larger than the loopback socket buffers: the server cannot finish writing it.
+    const huge = "x".repeat(64 * 1024 * 1024);
+    const { server, raw } = await startBinding({ metrics: async () => ({ contentType: "text/plain", body: huge }) }, { idleTimeoutMs: 500 });
+    const s = await raw();
+    s.socket.pause(); // never read
+    s.socket.removeAllListeners("data");
+    await s.write("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    const connections = () => new Promise<number>((r) => server.getConnections((_e, n) => r(n)));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await connections()).toBe(1);
+    const started = performance.now();
+    while ((await connections()) > 0 && performance.now() - started < 5000) await new Promise((r) => setTimeout(r, 50));
+    expect(await connections()).toBe(0);
+  });
 });
