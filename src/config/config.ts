@@ -204,6 +204,7 @@ export const configSchema = z.strictObject({
   maxBatchMessages: intIn(1).default(50),
   maxInFlight: intIn(1).default(4096),
   maxEventLoopLag: intIn(0, 60_000).default(100),
+  bodyReadTimeout: intIn(1, 300).default(10),
   maxBlocksPerAppend: intIn(1).default(100),
   maxOperationsPerBlock: intIn(1).default(10_000),
   maxKeysPerEntity: intIn(1).default(16),
@@ -289,8 +290,9 @@ export const CONFIG_KEYS = {
   trustRoots: { env: "KEYWARD_TRUST_ROOTS", envType: "string", required: false, default: undefined, description: "PEM bundle of trust roots (path relative to the data directory)." },
   maxMessageBytes: { env: "KEYWARD_MAX_MESSAGE_BYTES", envType: "integer", required: false, default: "1048576", description: "Largest request message accepted, in bytes." },
   maxBatchMessages: { env: "KEYWARD_MAX_BATCH_MESSAGES", envType: "integer", required: false, default: "50", description: "Most messages accepted in one batch." },
-  maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Messages in progress (per process) above which new ones are shed with HTTP 429." },
+  maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Requests in progress (per process; counted once their body has arrived) above which new ones are shed with HTTP 429." },
   maxEventLoopLag: { env: "KEYWARD_MAX_EVENT_LOOP_LAG", envType: "integer", required: false, default: "100", description: "Event-loop lag in milliseconds above which new messages are shed with HTTP 429 (0 = never)." },
+  bodyReadTimeout: { env: "KEYWARD_BODY_READ_TIMEOUT", envType: "integer", required: false, default: "10", description: "Seconds a client may take to send a request body (1–300); then HTTP 408 and the connection is closed. Request headers get the same time, at most 10 s." },
   maxBlocksPerAppend: { env: "KEYWARD_MAX_BLOCKS_PER_APPEND", envType: "integer", required: false, default: "100", description: "Most blocks accepted in one append." },
   maxOperationsPerBlock: { env: "KEYWARD_MAX_OPERATIONS_PER_BLOCK", envType: "integer", required: false, default: "10000", description: "Most operations accepted in one block." },
   maxKeysPerEntity: { env: "KEYWARD_MAX_KEYS_PER_ENTITY", envType: "integer", required: false, default: "16", description: "Most unrevoked device keys one entity may register (§10)." },
@@ -454,6 +456,8 @@ export interface KeywardConfig {
   readonly maxBatchMessages: number;
   readonly maxInFlight: number;
   readonly maxEventLoopLag: number;
+  /** Seconds, 1–300. */
+  readonly bodyReadTimeout: number;
   readonly maxBlocksPerAppend: number;
   readonly maxOperationsPerBlock: number;
   readonly maxKeysPerEntity: number;
@@ -622,6 +626,7 @@ export function resolveConfig(
     maxBatchMessages: v.maxBatchMessages,
     maxInFlight: v.maxInFlight,
     maxEventLoopLag: v.maxEventLoopLag,
+    bodyReadTimeout: v.bodyReadTimeout,
     maxBlocksPerAppend: v.maxBlocksPerAppend,
     maxOperationsPerBlock: v.maxOperationsPerBlock,
     maxKeysPerEntity: v.maxKeysPerEntity,
@@ -676,8 +681,9 @@ export function loadConfig(dataDir: string, env: Record<string, string | undefin
 }
 
 /**
- * Writes `<dataDir>/config.json` (pretty-printed, mode 0644) with exactly the given keys, replacing
- * the file atomically. Keys whose value is `undefined` are left out. Unknown keys and invalid values
+ * Writes `<dataDir>/config.json` (pretty-printed, mode 0600: it may hold `oauthClientSecret` and a
+ * `storeUrl` with a password) with exactly the given keys, replacing the file atomically, so a
+ * rewrite also narrows the mode of an older 0644 file. Keys whose value is `undefined` are left out. Unknown keys and invalid values
  * are refused with a {@link ConfigError}; the master key is not a configuration key and so can never
  * be written. The data directory must exist.
  *
@@ -705,8 +711,10 @@ export function writeConfigFile(dataDir: string, values: Partial<ConfigFileValue
   const file = join(resolve(dataDir), CONFIG_FILE);
   const tmp = `${file}.${process.pid}.tmp`;
   try {
-    writeFileSync(tmp, JSON.stringify(out, null, 2) + "\n", { mode: 0o644 });
-    chmodSync(tmp, 0o644);
+    // A fresh file ("wx"), created 0600: a stale temp file of another mode is never reused.
+    rmSync(tmp, { force: true });
+    writeFileSync(tmp, JSON.stringify(out, null, 2) + "\n", { mode: 0o600, flag: "wx" });
+    chmodSync(tmp, 0o600);
     renameSync(tmp, file);
   } catch (e) {
     rmSync(tmp, { force: true });

@@ -1,10 +1,11 @@
-import http from "node:http";
+import type http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { Counter, Registry, collectDefaultMetrics } from "prom-client";
 import type { Authenticator } from "../identity/authenticator.js";
 import type { Store } from "../store/store.js";
-import { createHttpHandler } from "../transport/http/http-binding.js";
+import { createHttpHandler, DEFAULT_BODY_READ_TIMEOUT_MS } from "../transport/http/http-binding.js";
+import { createHttpServer, defaultHttpServerLimits } from "../transport/http/http-server.js";
 import { EventLoopLag } from "../transport/http/event-loop-lag.js";
 import { Barrier } from "./barrier/barrier.js";
 import type { CoreSettings } from "./context.js";
@@ -27,6 +28,8 @@ export interface KmsOptions {
     readonly maxInFlight?: number;
     /** Event-loop lag (ms) above which new messages are shed with 429; 0 = never (default 100). */
     readonly maxEventLoopLagMs?: number;
+    /** Seconds a client may take to send a request body (then HTTP 408); default 10. */
+    readonly bodyReadTimeoutSeconds?: number;
     /** The public HTTP origin, for absolute URLs (§3); default: the origin a request came to. */
     readonly publicUrl?: string;
   };
@@ -108,14 +111,28 @@ export class Kms {
       maxMessageBytes: settings.maxMessageBytes,
       maxBatchMessages: settings.maxBatchMessages,
       maxInFlight: settings.maxInFlight ?? 4096,
+      bodyReadTimeoutMs: this.bodyReadTimeoutMs(),
       ...(lag ? { overloaded: () => lag.currentMs() > maxLag } : {}),
       extraRoutes: discoveryRoutes({ store, domain: settings.domain, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
   }
 
+  private bodyReadTimeoutMs(): number {
+    const seconds = this.options.settings.bodyReadTimeoutSeconds;
+    return seconds === undefined ? DEFAULT_BODY_READ_TIMEOUT_MS : seconds * 1000;
+  }
+
+  /**
+   * The HTTP server of this KMS, built once (not listening until {@link listen}): the one place
+   * with its connection limits, where other bindings on the same listener attach (`upgrade`).
+   */
+  httpServer(): http.Server {
+    this.server ??= createHttpServer(this.httpListener(), defaultHttpServerLimits(this.bodyReadTimeoutMs()));
+    return this.server;
+  }
+
   async listen(host: string, port: number): Promise<{ url: string; port: number }> {
-    const server = http.createServer({ keepAliveTimeout: 65_000 }, this.httpListener());
-    this.server = server;
+    const server = this.httpServer();
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => resolve());

@@ -63,6 +63,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
       maxBatchMessages: config.maxBatchMessages,
       maxInFlight: config.maxInFlight,
       maxEventLoopLagMs: config.maxEventLoopLag,
+      bodyReadTimeoutSeconds: config.bodyReadTimeout,
     },
     store,
     masterKey,

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -14,6 +14,7 @@ import {
   writeConfigFile,
   type ConfigKey,
 } from "../../src/config/config.js";
+import { runCli } from "../helpers/cli.js";
 
 const BASE = {
   authority: "kms.example.com",
@@ -70,6 +71,7 @@ describe("loadConfig defaults", () => {
       maxBatchMessages: 50,
       maxInFlight: 4096,
       maxEventLoopLag: 100,
+      bodyReadTimeout: 10,
       maxBlocksPerAppend: 100,
       maxOperationsPerBlock: 10000,
       maxKeysPerEntity: 16,
@@ -172,6 +174,7 @@ describe("environment overrides", () => {
     ["maxBatchMessages", "KEYWARD_MAX_BATCH_MESSAGES", "5", (c) => c.maxBatchMessages, 5],
     ["maxInFlight", "KEYWARD_MAX_IN_FLIGHT", "64", (c) => c.maxInFlight, 64],
     ["maxEventLoopLag", "KEYWARD_MAX_EVENT_LOOP_LAG", "250", (c) => c.maxEventLoopLag, 250],
+    ["bodyReadTimeout", "KEYWARD_BODY_READ_TIMEOUT", "3", (c) => c.bodyReadTimeout, 3],
     ["maxBlocksPerAppend", "KEYWARD_MAX_BLOCKS_PER_APPEND", "7", (c) => c.maxBlocksPerAppend, 7],
     ["maxOperationsPerBlock", "KEYWARD_MAX_OPERATIONS_PER_BLOCK", "9", (c) => c.maxOperationsPerBlock, 9],
     ["maxKeysPerEntity", "KEYWARD_MAX_KEYS_PER_ENTITY", "3", (c) => c.maxKeysPerEntity, 3],
@@ -293,6 +296,24 @@ describe("bad values", () => {
     expect(configError(() => loadConfig(dir, {})).message).toMatch(/'oauthIntrospectionCache': must be between 0 and 60/);
     writeRaw(BASE);
     expect(configError(() => loadConfig(dir, { KEYWARD_OAUTH_INTROSPECTION_CACHE: "-1" })).key).toBe("KEYWARD_OAUTH_INTROSPECTION_CACHE");
+  });
+
+  it("bodyReadTimeout must be a whole number of seconds between 1 and 300", () => {
+    for (const bad of [0, 301, 2.5, "10"]) {
+      writeRaw({ ...BASE, bodyReadTimeout: bad });
+      const e = configError(() => loadConfig(dir, {}));
+      expect(e.key).toBe("bodyReadTimeout");
+      expect(e.message).toMatch(/^config\.json: 'bodyReadTimeout': must (be between 1 and 300|be an integer)/);
+    }
+    writeRaw(BASE);
+    for (const bad of ["0", "301", "1.5", "ten", "-1"]) {
+      const e = configError(() => loadConfig(dir, { KEYWARD_BODY_READ_TIMEOUT: bad }));
+      expect(e.key).toBe("KEYWARD_BODY_READ_TIMEOUT");
+      expect(e.message).toContain(`(got "${bad}")`);
+    }
+    writeRaw({ ...BASE, bodyReadTimeout: 300 });
+    expect(loadConfig(dir, {}).bodyReadTimeout).toBe(300);
+    expect(loadConfig(dir, { KEYWARD_BODY_READ_TIMEOUT: "1" }).bodyReadTimeout).toBe(1);
   });
 
   it("formats messages as documented", () => {
@@ -485,14 +506,34 @@ describe("path resolution", () => {
 });
 
 describe("writeConfigFile", () => {
-  it("writes only the given keys, pretty-printed, mode 0644, and round-trips", () => {
+  it("writes only the given keys, pretty-printed, mode 0600 (it may hold oauthClientSecret), and round-trips", () => {
     writeConfigFile(dir, { ...BASE, policy: 2, workers: undefined });
     const file = join(dir, "config.json");
     const text = readFileSync(file, "utf8");
     expect(text).toBe(JSON.stringify({ ...BASE, policy: 2 }, null, 2) + "\n");
-    expect(statSync(file).mode & 0o777).toBe(0o644);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(loadConfig(dir, {}).policy).toBe(2);
   });
+
+  it("a rewrite narrows an older 0644 file (and a stale temp file) to 0600", () => {
+    const file = join(dir, "config.json");
+    writeFileSync(file, JSON.stringify(BASE), { mode: 0o644 });
+    chmodSync(file, 0o644);
+    writeFileSync(`${file}.${process.pid}.tmp`, "stale", { mode: 0o666 });
+    chmodSync(`${file}.${process.pid}.tmp`, 0o666);
+    writeConfigFile(dir, { ...BASE, oauthIntrospectionUrl: "https://idp.example.com/introspect", oauthClientId: "kms", oauthClientSecret: "s3cret" });
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(loadConfig(dir, {}).oauthClientSecret).toBe("s3cret");
+    expect(existsSync(`${file}.${process.pid}.tmp`)).toBe(false);
+  });
+
+  it("keyward init writes config.json with mode 0600", async () => {
+    const data = join(dir, "data");
+    const r = await runCli(["init", "--dir", data, "--authority", "kms.example.com"], { env: { KEYWARD_MASTER_KEY: "" } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(statSync(join(data, "config.json")).mode & 0o777).toBe(0o600);
+    expect(JSON.parse(readFileSync(join(data, "config.json"), "utf8"))).toEqual({ authority: "kms.example.com" });
+  }, 30_000);
 
   it("replaces an existing file", () => {
     writeConfigFile(dir, { ...BASE, logLevel: "warn" });
