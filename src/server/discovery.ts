@@ -43,7 +43,8 @@ export function discoveryRoutes(opts: { store: Store; domain: string; publicUrl?
   };
   const send = (res: ServerResponse, status: number, type: string, body: unknown) => {
     const text = JSON.stringify(body);
-    res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(text), "access-control-allow-origin": "*" });
+    // CORS headers are the HTTP binding's (corsOrigins, §3), set before this route runs.
+    res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(text) });
     res.end(text);
   };
 

@@ -4,7 +4,9 @@ import type { Logger } from "pino";
 import { Counter, Registry, collectDefaultMetrics } from "prom-client";
 import type { Authenticator } from "../identity/authenticator.js";
 import type { Store } from "../store/store.js";
+import { CorsPolicy, type CorsOrigins } from "../transport/http/cors.js";
 import { createHttpHandler } from "../transport/http/http-binding.js";
+import { WsBinding } from "../transport/ws/ws-binding.js";
 import { EventLoopLag } from "../transport/http/event-loop-lag.js";
 import { Barrier } from "./barrier/barrier.js";
 import type { CoreSettings } from "./context.js";
@@ -29,6 +31,8 @@ export interface KmsOptions {
     readonly maxEventLoopLagMs?: number;
     /** The public HTTP origin, for absolute URLs (§3); default: the origin a request came to. */
     readonly publicUrl?: string;
+    /** Browser origins allowed (CORS and the WebSocket Origin check, §3); default `*`. */
+    readonly corsOrigins?: CorsOrigins;
   };
   readonly store: Store;
   readonly masterKey: Uint8Array;
@@ -51,6 +55,7 @@ export class Kms {
   private server?: http.Server;
   private purgeTimer?: NodeJS.Timeout;
   private lag?: EventLoopLag;
+  private ws?: WsBinding;
 
   private constructor(
     readonly core: KmsCore,
@@ -97,9 +102,7 @@ export class Kms {
   /** The Node request listener of the HTTP binding. */
   httpListener(): http.RequestListener {
     const { settings, store } = this.options;
-    const maxLag = settings.maxEventLoopLagMs ?? DEFAULT_MAX_EVENT_LOOP_LAG_MS;
-    if (maxLag > 0 && !this.lag) this.lag = new EventLoopLag().start();
-    const lag = this.lag;
+    const overloaded = this.overloadSignal();
     return createHttpHandler({
       handle: (m) => this.core.handle(m),
       wellKnown: () => this.wellKnown(),
@@ -108,14 +111,41 @@ export class Kms {
       maxMessageBytes: settings.maxMessageBytes,
       maxBatchMessages: settings.maxBatchMessages,
       maxInFlight: settings.maxInFlight ?? 4096,
-      ...(lag ? { overloaded: () => lag.currentMs() > maxLag } : {}),
+      ...(overloaded ? { overloaded } : {}),
+      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
       extraRoutes: discoveryRoutes({ store, domain: settings.domain, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
+  }
+
+  /** The WebSocket binding (§3), for the HTTP server's `upgrade` event. One per KMS. */
+  wsBinding(): WsBinding {
+    const { settings } = this.options;
+    const overloaded = this.overloadSignal();
+    this.ws ??= new WsBinding({
+      handle: (m) => this.core.handle(m),
+      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
+      maxMessageBytes: settings.maxMessageBytes,
+      ...(overloaded ? { overloaded } : {}),
+      registry: this.registry,
+      logger: this.options.logger,
+    });
+    return this.ws;
+  }
+
+  /** True while the event loop lags past `maxEventLoopLagMs` (shared by the bindings); undefined when shedding is off. */
+  private overloadSignal(): (() => boolean) | undefined {
+    const maxLag = this.options.settings.maxEventLoopLagMs ?? DEFAULT_MAX_EVENT_LOOP_LAG_MS;
+    if (maxLag <= 0) return undefined;
+    this.lag ??= new EventLoopLag().start();
+    const lag = this.lag;
+    return () => lag.currentMs() > maxLag;
   }
 
   async listen(host: string, port: number): Promise<{ url: string; port: number }> {
     const server = http.createServer({ keepAliveTimeout: 65_000 }, this.httpListener());
     this.server = server;
+    const ws = this.wsBinding();
+    server.on("upgrade", (req, socket, head) => ws.handleUpgrade(req, socket, head));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => resolve());
@@ -136,6 +166,8 @@ export class Kms {
   async close(): Promise<void> {
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     this.lag?.stop();
+    // Upgraded sockets hold server.close() open: the WebSocket binding closes them first.
+    await this.ws?.close();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {

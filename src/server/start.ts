@@ -61,6 +61,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
       maxBatchMessages: config.maxBatchMessages,
       maxInFlight: config.maxInFlight,
       maxEventLoopLagMs: config.maxEventLoopLag,
+      corsOrigins: config.corsOrigins,
     },
     store,
     masterKey,
