@@ -230,6 +230,8 @@ class Connection {
       this.ws.once("close", () => clearTimeout(cut));
       const goAway = () => {
         this.ended = true;
+        // Read again: the peer's Close frame must get through (frames after it are ignored).
+        this.setPaused(false);
         if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1001, "server shutting down");
       };
       if (this.inFlight === 0 && this.queue.length === 0) goAway();
