@@ -80,12 +80,24 @@ export class WebSocketTransport implements KmsTransport {
     this.timeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   }
 
-  /** The socket URL (`ws(s)://…/kms/ws`). */
+  /**
+   * The socket URL (`ws(s)://…/kms/ws`).
+   *
+   * @example
+   * new WebSocketTransport({ url: "https://kms.example.com", WebSocket }).url; // "wss://kms.example.com/kms/ws"
+   */
   get url(): string {
     return this.socketUrl;
   }
 
-  /** Sends one compact JOSE message and resolves with the KMS's reply to it. */
+  /**
+   * Sends one compact JOSE message and resolves with the KMS's reply to it; rejects with
+   * KmsTransportError (ERR_TRANSPORT_CLOSED, ERR_TRANSPORT_TIMEOUT, ERR_TRANSPORT when the socket
+   * cannot be opened).
+   *
+   * @example
+   * const reply = await transport.send(compactJwe);
+   */
   send(message: string): Promise<string> {
     const id = String(++this.nextId);
     return new Promise<string>((resolve, reject) => {
@@ -109,12 +121,24 @@ export class WebSocketTransport implements KmsTransport {
     });
   }
 
-  /** The KMS's `/.well-known/kms` document, over HTTP on the same origin. */
+  /**
+   * The KMS's `/.well-known/kms` document, over HTTP on the same origin.
+   *
+   * @example
+   * const { uri, jwk } = (await transport.discover()) as { uri: string; jwk: JsonWebKey };
+   */
   discover(): Promise<unknown> {
     return this.discovery.discover();
   }
 
-  /** Closes the socket; requests in flight reject with ERR_TRANSPORT_CLOSED. A later request reconnects. */
+  /**
+   * Closes the socket; requests in flight reject with ERR_TRANSPORT_CLOSED. A later request
+   * reconnects. KmsClient.close() does not close its transport: call this too (an open socket
+   * keeps a Node process alive).
+   *
+   * @example
+   * await kms.close(); transport.close();
+   */
   close(): void {
     for (const socket of [this.socket, this.openingSocket]) {
       if (socket) socket.close(1000);
@@ -126,7 +150,15 @@ export class WebSocketTransport implements KmsTransport {
   private connect(): Promise<WebSocketLike> {
     if (this.socket && this.socket.readyState === OPEN) return Promise.resolve(this.socket);
     this.opening ??= new Promise<WebSocketLike>((resolve, reject) => {
-      const socket = new this.WebSocketImpl(this.socketUrl, [WEBSOCKET_SUBPROTOCOL]);
+      let socket: WebSocketLike;
+      try {
+        socket = new this.WebSocketImpl(this.socketUrl, [WEBSOCKET_SUBPROTOCOL]);
+      } catch (e) {
+        // e.g. a browser refusing ws: from an https: page; the next request tries again.
+        queueMicrotask(() => (this.opening = undefined));
+        reject(new KmsTransportError("ERR_TRANSPORT", `could not open the WebSocket to ${this.socketUrl}: ${e instanceof Error ? e.message : String(e)}`));
+        return;
+      }
       this.openingSocket = socket;
       let open = false;
       socket.addEventListener("open", () => {

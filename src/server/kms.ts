@@ -117,7 +117,13 @@ export class Kms {
     });
   }
 
-  /** The WebSocket binding (§3), for the HTTP server's `upgrade` event. One per KMS. */
+  /**
+   * The WebSocket binding (§3), for the HTTP server's `upgrade` event. One per KMS; listen()
+   * attaches it, close() closes its connections.
+   *
+   * @example
+   * server.on("upgrade", (req, socket, head) => kms.wsBinding().handleUpgrade(req, socket, head));
+   */
   wsBinding(): WsBinding {
     const { settings } = this.options;
     const overloaded = this.overloadSignal();

@@ -37,6 +37,9 @@ export class CorsPolicy {
    * Whether a request carrying this `Origin` header value may be served to a browser. An absent
    * header (a non-browser client, or a same-origin GET) is not a cross-origin request: the
    * callers decide what it means (the WebSocket binding accepts it, §3).
+   *
+   * @example
+   * if (!cors.allows(req.headers.origin)) refuse(403);
    */
   allows(origin: string | undefined): boolean {
     if (origin === undefined) return true;
@@ -49,6 +52,9 @@ export class CorsPolicy {
    * allowed: the browser then refuses the reply, whatever its status. With a list, the answer
    * depends on `Origin`, so every reply says `Vary: Origin` (a cache must not hand one origin's
    * answer to another); `Vary` is a caching header, not a CORS one.
+   *
+   * @example
+   * for (const [k, v] of Object.entries(cors.replyHeaders(req.headers.origin))) res.setHeader(k, v);
    */
   replyHeaders(origin: string | undefined): Record<string, string> {
     if (this.any) return { "access-control-allow-origin": "*" };
@@ -57,7 +63,13 @@ export class CorsPolicy {
     return { "access-control-allow-origin": origin, ...vary };
   }
 
-  /** Headers for a preflight (`OPTIONS`) answer: the reply headers plus methods, headers and max-age. */
+  /**
+   * Headers for a preflight (`OPTIONS`) answer: the reply headers plus methods, headers and
+   * max-age; only `Vary` (or nothing) for an origin not allowed.
+   *
+   * @example
+   * res.writeHead(204, cors.preflightHeaders(req.headers.origin)).end();
+   */
   preflightHeaders(origin: string | undefined): Record<string, string> {
     const headers = this.replyHeaders(origin);
     if (!("access-control-allow-origin" in headers)) return headers;

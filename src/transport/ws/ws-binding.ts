@@ -122,7 +122,12 @@ export class WsBinding {
     }
   }
 
-  /** Open connections. */
+  /**
+   * Open connections.
+   *
+   * @example
+   * metrics.set(ws.connectionCount);
+   */
   get connectionCount(): number {
     return this.connections.size;
   }
@@ -132,6 +137,9 @@ export class WsBinding {
    * path (404), a shutting-down server (503), an Origin not allowed (403), an overloaded server
    * (429, `Retry-After: 1`), and a client that offers subprotocols but not `keyward.kms.v1` (400);
    * `ws` itself refuses a malformed handshake.
+   *
+   * @example
+   * server.on("upgrade", (req, socket, head) => ws.handleUpgrade(req, socket, head));
    */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     // Node's HTTP server removes its own error listener from an upgraded socket: a reset before
@@ -158,6 +166,9 @@ export class WsBinding {
   /**
    * Refuses new upgrades, stops reading every connection, lets the frames already read finish
    * (up to `closeGraceMs`), then closes each connection with 1001 (going away).
+   *
+   * @example
+   * await ws.close(); // then server.close() no longer waits on upgraded sockets
    */
   close(): Promise<void> {
     this.closing ??= (async () => {

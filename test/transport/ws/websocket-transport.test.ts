@@ -163,6 +163,20 @@ describe("WebSocketTransport", () => {
     }
   });
 
+  it("a WebSocket constructor that throws (e.g. a browser refusing ws: from https:): ERR_TRANSPORT, and the next request tries again", async () => {
+    let attempts = 0;
+    const Throwing = class {
+      constructor() {
+        attempts++;
+        throw new Error("insecure WebSocket refused");
+      }
+    } as unknown as typeof WebSocket;
+    const t = new WebSocketTransport({ url: "http://127.0.0.1:9", WebSocket: Throwing });
+    expect((await transportError(t.send("x"))).code).toBe("ERR_TRANSPORT");
+    expect((await transportError(t.send("x"))).code).toBe("ERR_TRANSPORT");
+    expect(attempts).toBe(2);
+  });
+
   it("close(): requests in flight reject with ERR_TRANSPORT_CLOSED", async () => {
     const fake = await fakeKms(() => undefined);
     try {
