@@ -92,7 +92,7 @@ describe("CORS with a list of origins", () => {
   });
 
   it.each(ENDPOINTS)("$name: an origin not allowed, or none, gets no CORS header", async (e) => {
-    for (const headers of [{ origin: EVIL }, {}]) {
+    for (const headers of [{ origin: EVIL }, {}] as Record<string, string>[]) {
       const r = await request(listed.url + e.path, e.method, { ...e.headers, ...headers }, e.body);
       expect(r.status).toBe(e.status);
       expect(corsHeaders(r)).toEqual([]);
