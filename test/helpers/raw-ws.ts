@@ -32,9 +32,13 @@ export class RawSocket {
       this.ws.once("open", () => resolve());
       this.ws.once("unexpected-response", (_req, res) => {
         this.refusal = res;
-        res.resume();
-        reject(Object.assign(new Error(`upgrade refused: HTTP ${res.statusCode}`), { status: res.statusCode }));
-        this.ws.terminate();
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.once("end", () => {
+          reject(Object.assign(new Error(`upgrade refused: HTTP ${res.statusCode}`), { status: res.statusCode, body }));
+          this.ws.terminate();
+        });
       });
       this.ws.once("error", reject);
     });
