@@ -336,6 +336,32 @@ describe("liveness, load shedding, shutdown", () => {
     }
   });
 
+  it("a client that stops reading its replies stops its own requests: a slot frees only when its reply is written out", async () => {
+    let calls = 0;
+    const big = "x".repeat(128 * 1024);
+    const srv = await bindingServer({
+      handle: async () => {
+        calls++;
+        return big;
+      },
+    });
+    try {
+      const s = socket({}, srv.url);
+      await s.opened;
+      const clientSocket = (s.ws as unknown as { _socket: import("node:net").Socket })._socket;
+      clientSocket.pause(); // reads nothing from now on
+      for (let i = 0; i < 300; i++) s.send({ id: `r${i}`, kmsMessage: "x" });
+      await new Promise((r) => setTimeout(r, 1_000));
+      // What the kernel buffers take (a few MB), plus 50 held unwritten; not all 300 (38 MB) in memory.
+      expect(calls).toBeLessThan(300);
+      clientSocket.resume();
+      for (let i = 0; i < 300; i++) expect((await s.next(30_000)).kmsMessage.length).toBe(big.length);
+      expect(calls).toBe(300);
+    } finally {
+      await srv.close();
+    }
+  }, 60_000);
+
   it("close(): frames already read finish and are answered, then 1001; new upgrades get 503", async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
