@@ -3,6 +3,12 @@ export { KmsClient, type KmsClientOptions, type KmsInfo, type Channel } from "./
 export { KmsRequestError, KmsProtocolError, KmsTransportError } from "./errors.js";
 export { KmsIdentityError, validateKmsIdentity, matchesDnsName } from "./kms-identity.js";
 export { HttpTransport, type KmsTransport } from "./transport.js";
+export {
+  WebSocketTransport,
+  type WebSocketTransportOptions,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./websocket-transport.js";
 export { DeviceKey, type DeviceKeyType, type DeviceKeyAlgorithm, type KeyedJwk } from "./device-key.js";
 export { GroupKeys, type GroupKey, type DeviceKeyLike } from "./group-keys.js";
 export {

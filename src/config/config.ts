@@ -83,6 +83,26 @@ function parseHttpUrl(value: string): URL | undefined {
   }
 }
 
+/**
+ * `corsOrigins` (§3): `*`, or the browser origins allowed, as a comma-separated string or (in
+ * config.json) an array; each an http(s) origin, normalized as browsers send it (`URL.origin`).
+ * An empty array allows no browser origin. Returns the reason when the value is wrong.
+ */
+function parseCorsOrigins(value: string | readonly string[]): { origins: "*" | string[] } | { error: string } {
+  const items = (typeof value === "string" ? value.split(",") : value).map((s) => s.trim());
+  if (typeof value === "string" && items.length === 1 && items[0] === "") return { error: 'must not be empty (use "*", or an array in config.json; [] allows no browser origin)' };
+  if (items.includes("*")) return items.length === 1 ? { origins: "*" } : { error: '"*" cannot be combined with origins' };
+  const origins: string[] = [];
+  for (const item of items) {
+    if (item === "") return { error: "the list has an empty entry" };
+    const url = parseHttpUrl(item);
+    const isOrigin = url !== undefined && url.username === "" && url.password === "" && url.pathname === "/" && url.search === "" && url.hash === "" && !item.endsWith("?") && !item.endsWith("#");
+    if (!isOrigin) return { error: 'expected "*" or http(s) origins such as https://app.example.com (no path)' };
+    origins.push(url.origin);
+  }
+  return { origins };
+}
+
 /** A store location, parsed from `storeUrl`. */
 type ParsedStoreUrl = { kind: "sqlite"; path: string } | { kind: "postgres"; url: string };
 
@@ -200,6 +220,13 @@ export const configSchema = z.strictObject({
   ephemeralKeyLifetime: intIn(1).default(3600),
   gmbcReaders: z.enum(["members", "members-and-former"], { error: 'must be "members" or "members-and-former"' }).default("members"),
   trustRoots: nonEmpty().optional(),
+  corsOrigins: z
+    .union([z.string(), z.array(z.string())], { error: 'must be "*", a comma-separated list of origins, or an array of origins' })
+    .superRefine((v, ctx) => {
+      const r = parseCorsOrigins(v);
+      if ("error" in r) ctx.addIssue({ code: "custom", message: r.error });
+    })
+    .default("*"),
   maxMessageBytes: intIn(1).default(1_048_576),
   maxBatchMessages: intIn(1).default(50),
   maxInFlight: intIn(1).default(4096),
@@ -288,6 +315,7 @@ export const CONFIG_KEYS = {
   ephemeralKeyLifetime: { env: "KEYWARD_EPHEMERAL_KEY_LIFETIME", envType: "integer", required: false, default: "3600", description: "Lifetime in seconds of ephemeral (ECDHE) keys, at least 1." },
   gmbcReaders: { env: "KEYWARD_GMBC_READERS", envType: "string", required: false, default: "members", description: "Who may read a group's membership chain: `members` or `members-and-former`." },
   trustRoots: { env: "KEYWARD_TRUST_ROOTS", envType: "string", required: false, default: undefined, description: "PEM bundle of trust roots (path relative to the data directory)." },
+  corsOrigins: { env: "KEYWARD_CORS_ORIGINS", envType: "string", required: false, default: "*", description: "Browser origins allowed by CORS and at the WebSocket upgrade: `*`, or a comma-separated list of http(s) origins (an array in config.json; `[]` allows none). Every KMS message authenticates in-band, so this only restricts which web pages may call the KMS." },
   maxMessageBytes: { env: "KEYWARD_MAX_MESSAGE_BYTES", envType: "integer", required: false, default: "1048576", description: "Largest request message accepted, in bytes." },
   maxBatchMessages: { env: "KEYWARD_MAX_BATCH_MESSAGES", envType: "integer", required: false, default: "50", description: "Most messages accepted in one batch." },
   maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Requests in progress (per process; counted once their body has arrived) above which new ones are shed with HTTP 429." },
@@ -452,6 +480,8 @@ export interface KeywardConfig {
   readonly gmbcReaders: "members" | "members-and-former";
   /** Absolute path. */
   readonly trustRoots?: string;
+  /** `*`, or the allowed browser origins, normalized (`https://app.example.com`). */
+  readonly corsOrigins: "*" | readonly string[];
   readonly maxMessageBytes: number;
   readonly maxBatchMessages: number;
   readonly maxInFlight: number;
@@ -622,6 +652,7 @@ export function resolveConfig(
     ephemeralKeyLifetime: v.ephemeralKeyLifetime,
     gmbcReaders: v.gmbcReaders,
     ...(v.trustRoots !== undefined && { trustRoots: resolvePath(dir, v.trustRoots) }),
+    corsOrigins: (parseCorsOrigins(v.corsOrigins) as { origins: "*" | string[] }).origins,
     maxMessageBytes: v.maxMessageBytes,
     maxBatchMessages: v.maxBatchMessages,
     maxInFlight: v.maxInFlight,

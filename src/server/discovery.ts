@@ -63,8 +63,9 @@ export function discoveryRoutes(opts: { store: Store; domain: string; publicUrl?
   const send = (res: ServerResponse, status: number, type: string, body: unknown) => {
     const text = JSON.stringify(body);
     // no-store: without publicUrl the WebFinger href comes from the request's Host header, so a
-    // shared cache must never hand one client's answer to another (cache poisoning).
-    res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(text), "cache-control": "no-store", "access-control-allow-origin": "*" });
+    // shared cache must never hand one client's answer to another (cache poisoning). CORS headers
+    // are the HTTP binding's (corsOrigins, §3), set before this route runs.
+    res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(text), "cache-control": "no-store" });
     res.end(text);
   };
 

@@ -4,8 +4,10 @@ import type { Logger } from "pino";
 import { Counter, Registry, collectDefaultMetrics } from "prom-client";
 import type { Authenticator } from "../identity/authenticator.js";
 import type { Store } from "../store/store.js";
+import { CorsPolicy, type CorsOrigins } from "../transport/http/cors.js";
 import { createHttpHandler, DEFAULT_BODY_READ_TIMEOUT_MS } from "../transport/http/http-binding.js";
 import { createHttpServer, defaultHttpServerLimits } from "../transport/http/http-server.js";
+import { WsBinding } from "../transport/ws/ws-binding.js";
 import { EventLoopLag } from "../transport/http/event-loop-lag.js";
 import { Barrier } from "./barrier/barrier.js";
 import type { CoreSettings } from "./context.js";
@@ -32,6 +34,8 @@ export interface KmsOptions {
     readonly bodyReadTimeoutSeconds?: number;
     /** The public HTTP origin, for absolute URLs (§3); default: the origin a request came to. */
     readonly publicUrl?: string;
+    /** Browser origins allowed (CORS and the WebSocket Origin check, §3); default `*`. */
+    readonly corsOrigins?: CorsOrigins;
   };
   readonly store: Store;
   readonly masterKey: Uint8Array;
@@ -54,6 +58,7 @@ export class Kms {
   private server?: http.Server;
   private purgeTimer?: NodeJS.Timeout;
   private lag?: EventLoopLag;
+  private ws?: WsBinding;
 
   private constructor(
     readonly core: KmsCore,
@@ -100,9 +105,7 @@ export class Kms {
   /** The Node request listener of the HTTP binding. */
   httpListener(): http.RequestListener {
     const { settings, store } = this.options;
-    const maxLag = settings.maxEventLoopLagMs ?? DEFAULT_MAX_EVENT_LOOP_LAG_MS;
-    if (maxLag > 0 && !this.lag) this.lag = new EventLoopLag().start();
-    const lag = this.lag;
+    const overloaded = this.overloadSignal();
     return createHttpHandler({
       handle: (m) => this.core.handle(m),
       wellKnown: () => this.wellKnown(),
@@ -112,7 +115,8 @@ export class Kms {
       maxBatchMessages: settings.maxBatchMessages,
       maxInFlight: settings.maxInFlight ?? 4096,
       bodyReadTimeoutMs: this.bodyReadTimeoutMs(),
-      ...(lag ? { overloaded: () => lag.currentMs() > maxLag } : {}),
+      ...(overloaded ? { overloaded } : {}),
+      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
       extraRoutes: discoveryRoutes({ store, domain: settings.domain, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
   }
@@ -131,8 +135,40 @@ export class Kms {
     return this.server;
   }
 
+  /**
+   * The WebSocket binding (§3), for the HTTP server's `upgrade` event. One per KMS; listen()
+   * attaches it, close() closes its connections.
+   *
+   * @example
+   * server.on("upgrade", (req, socket, head) => kms.wsBinding().handleUpgrade(req, socket, head));
+   */
+  wsBinding(): WsBinding {
+    const { settings } = this.options;
+    const overloaded = this.overloadSignal();
+    this.ws ??= new WsBinding({
+      handle: (m) => this.core.handle(m),
+      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
+      maxMessageBytes: settings.maxMessageBytes,
+      ...(overloaded ? { overloaded } : {}),
+      registry: this.registry,
+      logger: this.options.logger,
+    });
+    return this.ws;
+  }
+
+  /** True while the event loop lags past `maxEventLoopLagMs` (shared by the bindings); undefined when shedding is off. */
+  private overloadSignal(): (() => boolean) | undefined {
+    const maxLag = this.options.settings.maxEventLoopLagMs ?? DEFAULT_MAX_EVENT_LOOP_LAG_MS;
+    if (maxLag <= 0) return undefined;
+    this.lag ??= new EventLoopLag().start();
+    const lag = this.lag;
+    return () => lag.currentMs() > maxLag;
+  }
+
   async listen(host: string, port: number): Promise<{ url: string; port: number }> {
     const server = this.httpServer();
+    const ws = this.wsBinding();
+    server.on("upgrade", (req, socket, head) => ws.handleUpgrade(req, socket, head));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => resolve());
@@ -153,6 +189,8 @@ export class Kms {
   async close(): Promise<void> {
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     this.lag?.stop();
+    // Upgraded sockets hold server.close() open: the WebSocket binding closes them first.
+    await this.ws?.close();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {

@@ -64,6 +64,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
       maxInFlight: config.maxInFlight,
       maxEventLoopLagMs: config.maxEventLoopLag,
       bodyReadTimeoutSeconds: config.bodyReadTimeout,
+      corsOrigins: config.corsOrigins,
     },
     store,
     masterKey,

@@ -67,6 +67,7 @@ describe("loadConfig defaults", () => {
       store: { kind: "sqlite", path: join(dir, "keyward.db") },
       ephemeralKeyLifetime: 3600,
       gmbcReaders: "members",
+      corsOrigins: "*",
       maxMessageBytes: 1048576,
       maxBatchMessages: 50,
       maxInFlight: 4096,
@@ -170,6 +171,7 @@ describe("environment overrides", () => {
     ["ephemeralKeyLifetime", "KEYWARD_EPHEMERAL_KEY_LIFETIME", "60", (c) => c.ephemeralKeyLifetime, 60],
     ["gmbcReaders", "KEYWARD_GMBC_READERS", "members-and-former", (c) => c.gmbcReaders, "members-and-former"],
     ["trustRoots", "KEYWARD_TRUST_ROOTS", "roots.pem", (c) => c.trustRoots, "<dir>/roots.pem"],
+    ["corsOrigins", "KEYWARD_CORS_ORIGINS", "https://app.example.com, http://localhost:3000", (c) => c.corsOrigins, ["https://app.example.com", "http://localhost:3000"]],
     ["maxMessageBytes", "KEYWARD_MAX_MESSAGE_BYTES", "2048", (c) => c.maxMessageBytes, 2048],
     ["maxBatchMessages", "KEYWARD_MAX_BATCH_MESSAGES", "5", (c) => c.maxBatchMessages, 5],
     ["maxInFlight", "KEYWARD_MAX_IN_FLIGHT", "64", (c) => c.maxInFlight, 64],
@@ -265,6 +267,7 @@ describe("bad values", () => {
     ["oauthIntrospectionUrl", "nope", "KEYWARD_OAUTH_INTROSPECTION_URL", "nope", /URL/],
     ["storeUrl", "mysql://db/keyward", "KEYWARD_STORE_URL", "sqlite://host/db", /sqlite/],
     ["listen", "8484", "KEYWARD_LISTEN", "localhost:65536", /./],
+    ["corsOrigins", "https://app.example.com/path", "KEYWARD_CORS_ORIGINS", "*,https://app.example.com", /./],
   ] as const)("%s: file and environment variants name the key", (key, fileValue, env, envValue, reason) => {
     writeRaw({ ...BASE, [key]: fileValue });
     const fromFile = configError(() => loadConfig(dir, {}));
@@ -591,5 +594,45 @@ describe("resolveConfig", () => {
     const c = resolveConfig(dir, BASE, { KEYWARD_WORKERS: "2" });
     expect(c.workers).toBe(2);
     expect(c.staticKeyFile).toBe(join(dir, "static-key.json"));
+  });
+});
+
+describe("corsOrigins", () => {
+  it("defaults to * (every KMS message authenticates in-band); '*' alone is kept", () => {
+    expect(resolveConfig(dir, BASE, {}).corsOrigins).toBe("*");
+    expect(resolveConfig(dir, BASE, { KEYWARD_CORS_ORIGINS: " * " }).corsOrigins).toBe("*");
+    expect(resolveConfig(dir, { ...BASE, corsOrigins: ["*"] }, {}).corsOrigins).toBe("*");
+  });
+
+  it("reads a comma list (env or file) or an array (file), normalized as browsers send Origin", () => {
+    const c = resolveConfig(dir, BASE, { KEYWARD_CORS_ORIGINS: "HTTPS://App.Example.com:443, http://localhost:3000/" });
+    expect(c.corsOrigins).toEqual(["https://app.example.com", "http://localhost:3000"]);
+    const f = resolveConfig(dir, { ...BASE, corsOrigins: ["https://a.example", "https://b.example:8443"] }, {});
+    expect(f.corsOrigins).toEqual(["https://a.example", "https://b.example:8443"]);
+    // An empty array is a deliberate "no browser origin".
+    expect(resolveConfig(dir, { ...BASE, corsOrigins: [] }, {}).corsOrigins).toEqual([]);
+  });
+
+  it.each([
+    ["https://app.example.com/path", /no path/],
+    ["https://app.example.com?x", /no path/],
+    ["ftp://app.example.com", /http\(s\) origins/],
+    ["app.example.com", /http\(s\) origins/],
+    ["null", /http\(s\) origins/],
+    ["https://user@app.example.com", /http\(s\) origins/],
+    ["*, https://app.example.com", /cannot be combined/],
+    ["https://a.example,,https://b.example", /empty entry/],
+    ["", /must not be empty/],
+  ])("refuses %j", (value, reason) => {
+    const e = configError(() => resolveConfig(dir, { ...BASE, corsOrigins: value }, {}));
+    expect(e.key).toBe("corsOrigins");
+    expect(e.message).toMatch(reason);
+  });
+
+  it("refuses a value that is neither a string nor an array of strings", () => {
+    for (const value of [42, { origin: "https://a.example" }, [1]]) {
+      const e = configError(() => resolveConfig(dir, { ...BASE, corsOrigins: value }, {}));
+      expect(e.key).toMatch(/^corsOrigins/);
+    }
   });
 });

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { JOSE_CONTENT_TYPE, MESSAGES_PATH, WELL_KNOWN_KMS_PATH } from "../../protocol/constants.js";
 import { inspectCompact } from "../../protocol/jose/compact.js";
 import { expectsContinue } from "./http-server.js";
+import { CorsPolicy, isCorsPath } from "./cors.js";
 
 /** What the HTTP binding needs from the rest of the server; it knows nothing else of it. */
 export interface HttpBindingOptions {
@@ -28,6 +29,8 @@ export interface HttpBindingOptions {
    * default 10 s); then HTTP 408 and the connection is closed.
    */
   readonly bodyReadTimeoutMs?: number;
+  /** CORS for browser clients (§3); default: any origin (`*`). */
+  readonly cors?: CorsPolicy;
   /** Extra routes (e.g. WebFinger in a later issue); return false when not handled. */
   extraRoutes?(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
 }
@@ -114,9 +117,21 @@ export function createHttpHandler(opts: HttpBindingOptions): (req: IncomingMessa
     return send(res, 200, "application/json", JSON.stringify({ kmsMessages: replies }));
   };
 
+  const cors = opts.cors ?? new CorsPolicy("*");
+
   return (req, res) => {
-    const path = (req.url ?? "/").split("?")[0];
+    const path = (req.url ?? "/").split("?")[0]!;
     const run = async (): Promise<void> => {
+      if (isCorsPath(path)) {
+        // Set before any reply is written, so that every status (413, 415, 429, 404...) carries them.
+        const origin = req.headers.origin;
+        if (req.method === "OPTIONS") {
+          req.resume();
+          res.writeHead(204, cors.preflightHeaders(origin));
+          return void res.end();
+        }
+        for (const [name, value] of Object.entries(cors.replyHeaders(origin))) res.setHeader(name, value);
+      }
       if (path === MESSAGES_PATH) {
         if (req.method !== "POST") return send(res, 405, "application/json", JSON.stringify({ error: "POST only" }), { allow: "POST" });
         return await serveMessages(req, res);
