@@ -150,9 +150,9 @@ export function createHttpHandler(opts: HttpBindingOptions): (req: IncomingMessa
         const m = await opts.metrics();
         return send(res, 200, m.contentType, m.body);
       }
-      if (opts.extraRoutes && (await opts.extraRoutes(req, res))) {
-        lingerIfBodyUnread(req, res);
-        return;
+      if (opts.extraRoutes) {
+        closeByLingering(req, res);
+        if (await opts.extraRoutes(req, res)) return;
       }
       return send(res, 404, "application/json", JSON.stringify({ error: "not found" }));
     };
@@ -216,18 +216,31 @@ function readBody(req: IncomingMessage, res: ServerResponse, limit: number, time
   });
 }
 
+/** True while a request's body (declared by Content-Length or chunked) has not all arrived. */
+function bodyUnread(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  const length = req.headers["content-length"];
+  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
+}
+
 /**
- * When a reply went out before the request's body was read (a refusal), reads and discards the
- * rest of the body after the reply, then closes the connection: after at most {@link LINGER_MS},
- * or once the client sent more than a whole body's worth. The connection is not reused: a client
- * that sends an unbounded chunked body must not keep it.
+ * For a reply that goes out before the request's body was read (a refusal): the reply says
+ * `Connection: close`, so that a keep-alive client does not send its next request on a connection
+ * about to close, and the connection closes by lingering: after the reply, the rest of the body is
+ * read and discarded, for at most {@link LINGER_MS} or a whole body's worth, then the socket is
+ * destroyed. Closing at once would make the kernel answer the client's remaining bytes with a
+ * reset, which can discard the refusal before the client reads it. Call before the reply's headers
+ * are written.
  */
-function lingerIfBodyUnread(req: IncomingMessage, res: ServerResponse): void {
-  if (req.complete) return;
-  res.once("finish", () => {
-    const socket = req.socket;
-    if (req.complete || socket.destroyed) return;
-    socket.end(); // no more replies on this connection; keep reading what the client still sends
+function closeByLingering(req: IncomingMessage, res: ServerResponse): void {
+  if (res.headersSent || !bodyUnread(req)) return;
+  res.setHeader("connection", "close");
+  const socket = req.socket as IncomingMessage["socket"] & { destroySoon?: () => void };
+  // Node ends a `Connection: close` response with socket.destroySoon(), which destroys the socket
+  // as soon as the reply is written: replace it, for this socket only, with a lingering close.
+  socket.destroySoon = () => {
+    if (socket.destroyed) return;
+    socket.end();
     const close = () => socket.destroy();
     const timer = setTimeout(close, LINGER_MS);
     timer.unref();
@@ -240,11 +253,11 @@ function lingerIfBodyUnread(req: IncomingMessage, res: ServerResponse): void {
     });
     req.once("end", close);
     req.resume();
-  });
+  };
 }
 
 function send(res: ServerResponse, status: number, type: string, body: string, headers: Record<string, string> = {}): void {
+  closeByLingering(res.req, res);
   res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(body), "cache-control": "no-store", ...headers });
   res.end(body);
-  if (headers.connection !== "close") lingerIfBodyUnread(res.req, res);
 }

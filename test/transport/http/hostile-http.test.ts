@@ -200,6 +200,31 @@ describe("HTTP binding against hostile clients", () => {
     expect(handled).toHaveLength(0);
   });
 
+  it("a refusal sent before the body was read says Connection: close, so a keep-alive client's next request goes on a new connection", async () => {
+    const { url } = await startBinding();
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const request = (method: string, path: string, headers: Record<string, string> = {}, body?: string) =>
+      new Promise<{ status: number; connection: string | undefined }>((resolve, reject) => {
+        const req = http.request(`${url}${path}`, { method, agent, headers }, (res) => {
+          res.resume();
+          res.on("end", () => resolve({ status: res.statusCode!, connection: res.headers.connection }));
+        });
+        req.on("error", reject);
+        req.end(body);
+      });
+    try {
+      for (let i = 0; i < 3; i++) {
+        expect(await request("POST", "/kms/messages", { "content-type": "text/plain", "content-length": "5" }, "hello")).toEqual({ status: 415, connection: "close" });
+        // The agent would reuse the socket unless told it closes: this request must not hang up.
+        expect(await request("GET", "/.well-known/kms")).toMatchObject({ status: 200 });
+        // A body-less refusal keeps the connection.
+        expect(await request("GET", "/kms/messages")).toMatchObject({ status: 405, connection: "keep-alive" });
+      }
+    } finally {
+      agent.destroy();
+    }
+  });
+
   it("connections beyond maxConnections are closed at once; those within are served", async () => {
     const { raw, url } = await startBinding({}, { maxConnections: 3 });
     const held = [await raw(), await raw(), await raw()];
