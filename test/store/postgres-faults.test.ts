@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeviceKey, Groups, GroupKeys, KmsClient, KmsRequestError } from "../../src/client/index.js";
 import { classifyPostgresError, PostgresStore, POSTGRES_TIMEOUT_DEFAULTS } from "../../src/store/postgres/postgres-store.js";
@@ -154,6 +155,47 @@ suite("PostgresStore through a faulty network", () => {
       await proxy.restore();
     }
     await store.ping();
+    await store.close();
+  });
+
+  it("the timeouts can be set in the URL (connect_timeout in seconds, query_timeout and statement_timeout in ms)", async () => {
+    const { store } = await openMigrated({}, { connect_timeout: "1", query_timeout: "700", statement_timeout: "500" });
+    await store.ping();
+    proxy.blackhole();
+    try {
+      let t0 = Date.now();
+      await expect(store.ping()).rejects.toMatchObject({ code: "QUERY_TIMEOUT" });
+      expect(Date.now() - t0).toBeLessThan(3_000);
+      t0 = Date.now();
+      await expect(store.ping()).rejects.toBeInstanceOf(StoreUnavailableError);
+      expect(Date.now() - t0).toBeLessThan(3_000);
+    } finally {
+      await proxy.restore();
+    }
+    await store.ping();
+    await store.close();
+  });
+
+  it("a statement waiting on a lock past statement_timeout is cancelled by the server: 57014, and the store stays usable", async () => {
+    const { store, schema } = await openMigrated({ statementTimeoutMillis: 300, queryTimeoutMillis: 5_000, maxConnections: 1 });
+    const uri = "kms://kms.example.com/gks/locked";
+    await store.createGk({ uri, requester: "alice@example.com", created: new Date(), sealedKey: "sealed" });
+    const holder = new pg.Client({ connectionString: TEST_POSTGRES_URL });
+    holder.on("error", () => {});
+    await holder.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query(`SELECT uri FROM "${schema}".gks WHERE uri = $1 FOR UPDATE`, [uri]);
+      const t0 = Date.now();
+      const e = await store.bindGk(uri, { hash: "00", chainUri: "kms://kms.example.com/blocks/x", position: 0 }).then(() => undefined, (x: unknown) => x);
+      expect(e).toBeInstanceOf(StoreUnavailableError);
+      expect((e as StoreUnavailableError).code).toBe("57014");
+      expect(Date.now() - t0).toBeLessThan(3_000);
+    } finally {
+      await holder.query("ROLLBACK");
+      await holder.end();
+    }
+    expect((await store.getGk(uri))?.block).toBeUndefined();
     await store.close();
   });
 

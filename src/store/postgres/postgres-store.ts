@@ -37,8 +37,8 @@ export interface PostgresStoreOptions {
   readonly queryTimeoutMillis?: number;
   /**
    * The server-side `statement_timeout` in milliseconds (default 4 000, below the query timeout so
-   * that a slow but reachable server cancels the statement itself and the connection stays usable;
-   * URL parameter `statement_timeout`). Migrations run without it.
+   * that a slow but reachable server cancels the statement itself, and stops working on it, before
+   * the client gives up waiting; URL parameter `statement_timeout`). Migrations run without it.
    */
   readonly statementTimeoutMillis?: number;
   /**
