@@ -1,10 +1,10 @@
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
-import { badRequest, conflict, forbidden, KmsError, unauthorized } from "../protocol/errors.js";
+import { badRequest, conflict, forbidden, KmsError, storeUnavailable, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules, inspectCompact } from "../protocol/jose/compact.js";
 import { openCommonMessage, sealCommonMessage } from "./channel-codec.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId } from "../protocol/messages.js";
 import { resolveUri } from "../protocol/uri.js";
-import type { ChannelRecord } from "../store/store.js";
+import { StoreUnavailableError, type ChannelRecord } from "../store/store.js";
 import type { CoreServices } from "./context.js";
 import { createEphemeralKey, KeyAgreementError } from "./key-agreement.js";
 import { route } from "./router.js";
@@ -195,6 +195,11 @@ export class KmsCore {
   }
 
   private internal(e: unknown, op: string): KmsError {
+    if (e instanceof StoreUnavailableError) {
+      // One line per failed request: the store's code and message, never the request.
+      this.services.logger.warn({ op, store: e.logFields() }, "store unavailable");
+      return storeUnavailable();
+    }
     // Log the failure's kind and message, never the request (it may carry tokens or keys).
     this.services.logger.error({ op, err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, "internal error");
     return new KmsError(500, "ERR_INTERNAL", "internal error");

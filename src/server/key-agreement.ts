@@ -1,7 +1,7 @@
 import { createHash, createPublicKey, randomUUID } from "node:crypto";
 import { base64url } from "jose";
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
-import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
+import { badRequest, conflict, KmsError, methodNotAllowed, notFound, storeUnavailable, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
 import { importClientEcdhKey, serverEcdhe } from "./ecdhe-node-crypto.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId, type RequestPayload } from "../protocol/messages.js";
@@ -9,6 +9,7 @@ import type { AuthenticatedIdentity } from "../identity/authenticator.js";
 import { objectUri, resolveUri } from "../protocol/uri.js";
 import type { CoreServices } from "./context.js";
 import { echo } from "../protocol/echo.js";
+import { StoreUnavailableError } from "../store/store.js";
 
 /** Thrown inside key agreement: every error there is a JWS error (§4), with the requestId once known. */
 export class KeyAgreementError extends Error {
@@ -45,6 +46,11 @@ export async function createEphemeralKey(services: CoreServices, message: string
   }
   const requestId = requestIdOf(payload);
   const fail = (e: unknown): never => {
+    if (e instanceof StoreUnavailableError) {
+      // Not the client's fault: 503, not "authentication failed". Logged here, once, without the request.
+      services.logger.warn({ op: "ecdhe.create", store: e.logFields() }, "store unavailable");
+      throw new KeyAgreementError(storeUnavailable(), requestId);
+    }
     throw new KeyAgreementError(e instanceof KmsError ? e : unauthorized("authentication failed"), requestId);
   };
 

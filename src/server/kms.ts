@@ -173,7 +173,12 @@ export class Kms {
       server.once("error", reject);
       server.listen(port, host, () => resolve());
     });
-    this.purgeTimer = setInterval(() => void this.purgeExpiredChannels(), 10 * 60 * 1000);
+    // A store that is down at purge time must not turn into an unhandled rejection (a crash).
+    this.purgeTimer = setInterval(() => {
+      this.purgeExpiredChannels().catch((e: unknown) =>
+        this.options.logger.warn({ err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, "purging expired channels failed"),
+      );
+    }, 10 * 60 * 1000);
     this.purgeTimer.unref();
     const address = server.address() as AddressInfo;
     const h = address.family === "IPv6" ? `[${address.address}]` : address.address;

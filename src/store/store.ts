@@ -8,6 +8,35 @@
 /** What became of a key registration (see Store.registerEntityKey). */
 export type RegisterKeyOutcome = "registered" | "duplicate" | "limit";
 
+/**
+ * The store cannot be reached or cannot write right now (connection refused, reset or timed out,
+ * the server shutting down, a read-only or full disk, a lock held past its timeout): a condition
+ * of the deployment, not of the request, that may pass. Each store classifies its driver's errors
+ * into this one type; the core answers it with 503 "store unavailable" (PROTOCOL.md §3, `/readyz`).
+ * `code` and `message` name the failure only (a driver code, a socket error): never request data.
+ *
+ * @example
+ * try { await store.getChannel(uri); } catch (e) { if (e instanceof StoreUnavailableError) retryLater(e.code); }
+ */
+export class StoreUnavailableError extends Error {
+  override readonly name = "StoreUnavailableError";
+  constructor(
+    /** Which store failed. */
+    readonly store: "postgres" | "sqlite",
+    /** The driver's code (`ECONNREFUSED`, `57P01`, `SQLITE_READONLY`, `QUERY_TIMEOUT`, ...). */
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  /** What to log: the store, the code and the driver's message (no statement, no values). */
+  logFields(): { store: string; code: string; message: string } {
+    return { store: this.store, code: this.code, message: this.message };
+  }
+}
+
 export interface Store {
   /** Applies pending schema migrations; safe to call on every start and from several nodes. */
   migrate(): Promise<void>;

@@ -13,7 +13,36 @@ import type {
   RegisterKeyOutcome,
   Store,
 } from "../store.js";
+import { StoreUnavailableError } from "../store.js";
 import { sqliteMigrations } from "./migrations.js";
+
+/**
+ * SQLite result codes (with their extended forms, `SQLITE_IOERR_WRITE` etc.) that mean the data
+ * file cannot be opened or written now: read-only file or file system, I/O error, disk full, and
+ * a lock still held by another connection once `busy_timeout` has run out.
+ */
+const UNAVAILABLE_CODES = ["SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_BUSY"];
+
+/**
+ * A better-sqlite3 error as a {@link StoreUnavailableError} when it means "cannot open / cannot
+ * write", else undefined (a constraint violation or a bug stays what it is).
+ *
+ * @example
+ * classifySqliteError(Object.assign(new Error("attempt to write a readonly database"), { code: "SQLITE_READONLY" }))?.code; // "SQLITE_READONLY"
+ */
+export function classifySqliteError(e: unknown): StoreUnavailableError | undefined {
+  if (e instanceof StoreUnavailableError) return e;
+  if (!(e instanceof Error)) return undefined;
+  const code = (e as { code?: unknown }).code;
+  if (typeof code === "string" && UNAVAILABLE_CODES.some((c) => code === c || code.startsWith(`${c}_`))) {
+    return new StoreUnavailableError("sqlite", code, e.message, { cause: e });
+  }
+  // better-sqlite3 after close(): the store is shutting down.
+  if (e instanceof TypeError && /database connection is not open/i.test(e.message)) {
+    return new StoreUnavailableError("sqlite", "SQLITE_CLOSED", e.message, { cause: e });
+  }
+  return undefined;
+}
 
 interface PendingRecord {
   readonly uri: string;
@@ -425,4 +454,34 @@ export class SqliteStore implements Store {
   async purgeChannels(before: Date): Promise<number> {
     return this.transactions.purge.immediate(before.getTime());
   }
+}
+
+/**
+ * The Store methods of {@link SqliteStore}, each wrapped below so that every failure to open or
+ * write the data file reaches the caller as a {@link StoreUnavailableError} (better-sqlite3 is
+ * synchronous: the errors are thrown inside the async methods, group commits included).
+ */
+const GUARDED_METHODS = [
+  "migrate", "ping", "close", "getKeyring", "initKeyring", "createChannel", "getChannel", "deleteChannel",
+  "recordChannelMessage", "countChannelMessage", "purgeChannels", "registerEntityKey", "listEntityKeys", "revokeEntityKey",
+  "createChain", "appendBlocks", "getChain", "getBlocks", "findBlock", "isMemberAt", "wasEverMember",
+  "createGk", "getGk", "bindGk",
+] as const satisfies readonly (keyof Store)[];
+// Compile-time check that no Store method is left out of GUARDED_METHODS.
+const everyMethodGuarded: Exclude<keyof Store, (typeof GUARDED_METHODS)[number]> extends never ? true : never = true;
+void everyMethodGuarded;
+
+for (const name of GUARDED_METHODS) {
+  const original = SqliteStore.prototype[name] as (...args: unknown[]) => Promise<unknown>;
+  Object.defineProperty(SqliteStore.prototype, name, {
+    configurable: true,
+    writable: true,
+    value: async function guarded(this: SqliteStore, ...args: unknown[]): Promise<unknown> {
+      try {
+        return await original.apply(this, args);
+      } catch (e) {
+        throw classifySqliteError(e) ?? e;
+      }
+    },
+  });
 }
