@@ -146,12 +146,18 @@ export class KmsCore {
       if (!(e instanceof ChannelReply)) throw e;
       // Every reply encrypted under the channel's key counts toward its limit (§5), refusals
       // included: whoever has seen the kid could otherwise obtain encryptions under it without end.
-      if (!counted) {
+      // A refusal caused by the store itself (503) is not counted: the store just failed, and
+      // asking it again would double the wait of every request during an outage.
+      if (!counted && e.error.code !== "ERR_STORE_UNAVAILABLE") {
         let outcome;
         try {
           outcome = await store.countChannelMessage(channel.uri, settings.channelMessageLimit);
         } catch (err) {
-          return this.jwsError(err, undefined, op);
+          // The store cannot count (it is unreachable, and the refusal is most likely its 503):
+          // answer on the channel all the same, uncounted. The bound is a safety margin far below
+          // GCM's random-IV limit, and an outage is not something a requester can cause at will.
+          // (The outage itself was logged with the refusal, if it caused it: one line per request.)
+          this.services.logger.debug({ op, err: err instanceof Error ? { name: err.name, message: err.message } : String(err) }, "refusal not counted: the store could not count it");
         }
         if (outcome === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), e.requestId, op);
         if (outcome === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), e.requestId, op);
