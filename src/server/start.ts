@@ -8,6 +8,7 @@ import { CHANNEL_MESSAGE_LIMIT } from "../protocol/constants.js";
 import { openStore } from "../store/open-store.js";
 import { createLogger } from "./logger.js";
 import { loadMasterKey, loadStaticKey } from "./data-dir.js";
+import { XmppBinding } from "../transport/xmpp/xmpp-binding.js";
 import { Kms } from "./kms.js";
 
 /**
@@ -45,7 +46,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
   const certificates = config.trustRoots
     ? new CertificateCredentialValidator({ trustRootsPem: readFileSync(config.trustRoots, "utf8") })
     : undefined;
-  return Kms.create({
+  const kms = await Kms.create({
     settings: {
       authority: config.authority,
       ephemeralKeyLifetimeSeconds: config.ephemeralKeyLifetime,
@@ -72,6 +73,24 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
     }),
     logger,
   });
+  // The XMPP binding (§3): the KMS dials the XMPP server as a component and keeps the link up.
+  if (config.xmpp) {
+    kms.attach(
+      XmppBinding.start({
+        service: config.xmpp.service,
+        domain: config.xmpp.domain,
+        secret: config.xmpp.secret,
+        handle: (m) => kms.core.handle(m),
+        wellKnown: () => kms.wellKnown(),
+        refuse: (status, reason) => staticKey.sign({ status, reason }),
+        maxMessageBytes: config.maxMessageBytes,
+        maxInFlight: config.maxInFlight,
+        logger,
+        registry: kms.registry,
+      }),
+    );
+  }
+  return kms;
 }
 
 /** `keyward serve --dir DIR`: load, build, listen. */

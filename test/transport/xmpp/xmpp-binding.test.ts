@@ -1,0 +1,187 @@
+import type { Client } from "@xmpp/client";
+import { exportJWK } from "jose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decryptCommonMessage, encryptCommonMessage } from "../../../src/protocol/jose/common-message.js";
+import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../../src/protocol/jose/ephemeral-key.js";
+import { openJws, RawClient, startTestKms, type TestKms } from "../../helpers/harness.js";
+import { prosodyForTests, startProsody, type ProsodyServer } from "../../helpers/prosody.js";
+import { connectXmppUser, KMS_COMPONENT, kmsXmppEnv, rawIq, waitForReadyz, xml } from "../../helpers/xmpp-client.js";
+import type { JWK } from "jose";
+
+const NS = "urn:x-keyward:kms:1";
+const MAX_MESSAGE_BYTES = 64 * 1024;
+
+/** The text of the reply's `<kms>` payload. */
+function kmsText(reply: { getChild(n: string, ns?: string): { text(): string } | undefined }): string {
+  const child = reply.getChild("kms", NS);
+  if (!child) throw new Error("the IQ result has no kms payload");
+  return child.text();
+}
+
+async function stanzaErrorOf(p: Promise<unknown>): Promise<{ condition: string; type: string }> {
+  try {
+    await p;
+  } catch (e) {
+    const err = e as { name?: string; condition?: string; type?: string };
+    expect(err.name).toBe("StanzaError");
+    return { condition: err.condition ?? "", type: err.type ?? "" };
+  }
+  throw new Error("expected a stanza error");
+}
+
+const run = prosodyForTests("the XMPP binding suite");
+
+describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
+  let prosody: ProsodyServer;
+  let kms: TestKms;
+  let alice: Client;
+
+  beforeAll(async () => {
+    prosody = await startProsody();
+    kms = await startTestKms({ env: { ...kmsXmppEnv(prosody), KEYWARD_MAX_MESSAGE_BYTES: String(MAX_MESSAGE_BYTES) } });
+    await waitForReadyz(kms.url, 200);
+    alice = await connectXmppUser(prosody, "alice", "phone");
+  });
+
+  afterAll(async () => {
+    await alice?.stop().catch(() => {});
+    await kms?.close();
+    await prosody?.stop();
+  });
+
+  /** Key agreement and a ping, both over XMPP; returns the channel. */
+  async function channelOverXmpp(raw: RawClient): Promise<{ key: Uint8Array; uri: string }> {
+    const pair = await generateEphemeralKeyPair();
+    const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+    const payload = { client: await raw.credential(), method: "create", uri: "/ecdhe", requestId: "ka-1", jwk: { kty, crv, x, y } };
+    const reply = await rawIq(alice, "set", xml("kms", { xmlns: NS }, await raw.ecdheMessage(payload)));
+    const { payload: body } = await openJws(kms.url, kmsText(reply));
+    expect(body).toMatchObject({ status: 201, requestId: "ka-1" });
+    const key = body.key as { uri: string; jwk: JWK };
+    return { key: await deriveEphemeralKey(pair.privateKey, await importEcdhPublicKey(key.jwk)), uri: key.uri };
+  }
+
+  it("a kms IQ set gets the core's reply as an IQ result from the component to the sender's full JID, same id", async () => {
+    const raw = new RawClient(kms);
+    const { key, uri } = await channelOverXmpp(raw);
+    const request = xml("iq", { type: "set", to: KMS_COMPONENT, id: "ping-42" }, xml("kms", { xmlns: NS }, await encryptCommonMessage(key, uri, await raw.payload({ requestId: 42 }))));
+    const reply = await alice.iqCaller.request(request, 10_000);
+    expect(reply.attrs).toMatchObject({ type: "result", id: "ping-42", from: KMS_COMPONENT, to: "alice@localhost/phone" });
+    const { payload } = await decryptCommonMessage(key, kmsText(reply));
+    expect(payload).toEqual({ status: 200, requestId: 42 });
+  });
+
+  it("pipelined IQs each get their own reply", async () => {
+    const raw = new RawClient(kms);
+    const { key, uri } = await channelOverXmpp(raw);
+    const replies = await Promise.all(
+      Array.from({ length: 8 }, async (_, i) => rawIq(alice, "set", xml("kms", { xmlns: NS }, await encryptCommonMessage(key, uri, await raw.payload({ requestId: `p${i}` }))))),
+    );
+    const ids = await Promise.all(replies.map(async (r) => ((await decryptCommonMessage(key, kmsText(r))).payload as { requestId: string }).requestId));
+    expect(ids).toEqual(Array.from({ length: 8 }, (_, i) => `p${i}`));
+  });
+
+  it("KMS errors are IQ results, not stanza errors: non-JOSE text → JWS 400, an unknown ephemeral key → JWS 401", async () => {
+    const before = kms.channelCount();
+    const notJose = await rawIq(alice, "set", xml("kms", { xmlns: NS }, "hello, KMS"));
+    expect(notJose.attrs.type).toBe("result");
+    expect((await openJws(kms.url, kmsText(notJose))).payload).toMatchObject({ status: 400 });
+
+    const raw = new RawClient(kms);
+    const { key } = await channelOverXmpp(raw);
+    const stray = await encryptCommonMessage(key, `kms://${kms.authority}/ecdhe/does-not-exist`, await raw.payload());
+    const unknown = await rawIq(alice, "set", xml("kms", { xmlns: NS }, stray));
+    expect(unknown.attrs.type).toBe("result");
+    expect((await openJws(kms.url, kmsText(unknown))).payload).toMatchObject({ status: 401 });
+    expect(kms.channelCount()).toBe(before + 1); // only the channel channelOverXmpp opened
+  });
+
+  it("a key agreement with a bad credential is refused end to end (JWS 401 in an IQ result), the sender's JID notwithstanding", async () => {
+    const before = kms.channelCount();
+    const raw = new RawClient(kms);
+    const pair = await generateEphemeralKeyPair();
+    const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+    // alice@localhost is an authenticated XMPP user; that is no KMS identity (§3).
+    const payload = { client: { clientId: "x", credential: { bearer: "not-a-token" } }, method: "create", uri: "/ecdhe", requestId: "r", jwk: { kty, crv, x, y } };
+    const reply = await rawIq(alice, "set", xml("kms", { xmlns: NS }, await raw.ecdheMessage(payload)));
+    expect(reply.attrs.type).toBe("result");
+    expect((await openJws(kms.url, kmsText(reply))).payload).toMatchObject({ status: 401 });
+    const noCredential = { method: "create", uri: "/ecdhe", requestId: "r2", jwk: { kty, crv, x, y } };
+    const reply2 = await rawIq(alice, "set", xml("kms", { xmlns: NS }, await raw.ecdheMessage(noCredential)));
+    expect((await openJws(kms.url, kmsText(reply2))).payload).toMatchObject({ status: 401 });
+    expect(kms.channelCount()).toBe(before);
+  });
+
+  it.each([
+    ["an empty kms element", "set", () => xml("kms", { xmlns: NS }), "bad-request"],
+    ["a kms element of whitespace only", "set", () => xml("kms", { xmlns: NS }, " \n\t "), "bad-request"],
+    ["a kms payload in an IQ get", "get", () => xml("kms", { xmlns: NS }, "eyJ.x.y.z.w"), "bad-request"],
+    ["another payload", "get", () => xml("query", { xmlns: "jabber:iq:version" }), "service-unavailable"],
+    ["another payload (set)", "set", () => xml("command", { xmlns: "http://jabber.org/protocol/commands" }), "service-unavailable"],
+    ["a kms element in another namespace", "set", () => xml("kms", { xmlns: "urn:example:other" }, "eyJ.x.y.z.w"), "service-unavailable"],
+    ["a discovery element in another namespace", "get", () => xml("discovery", { xmlns: "urn:example:other" }), "service-unavailable"],
+  ] as const)("%s → the stanza error %s", async (_what, type, payload, expected) => {
+    const before = kms.channelCount();
+    const error = await stanzaErrorOf(rawIq(alice, type, payload()));
+    expect(error.condition).toBe(expected);
+    expect(kms.channelCount()).toBe(before);
+  });
+
+  it("an IQ with two payloads is a bad-request (RFC 6120 §8.2.3)", async () => {
+    const iq = xml("iq", { type: "set", to: KMS_COMPONENT }, xml("kms", { xmlns: NS }, "a.b.c.d.e"), xml("kms", { xmlns: NS }, "a.b.c.d.e"));
+    expect((await stanzaErrorOf(alice.iqCaller.request(iq, 10_000))).condition).toBe("bad-request");
+  });
+
+  it("discovery: the /.well-known/kms document as JSON in <discovery/>", async () => {
+    const reply = await rawIq(alice, "get", xml("discovery", { xmlns: NS }));
+    expect(reply.attrs.type).toBe("result");
+    const doc = JSON.parse(reply.getChild("discovery", NS)!.text()) as unknown;
+    const http = (await (await fetch(`${kms.url}/.well-known/kms`)).json()) as unknown;
+    expect(doc).toEqual(http);
+    expect(doc).toMatchObject({ uri: `kms://${kms.authority}`, protocol: "draft-abiggs-saag-key-management-service-03" });
+  });
+
+  it("XEP-0030 disco#info lists an identity and the feature urn:x-keyward:kms:1", async () => {
+    const reply = await rawIq(alice, "get", xml("query", { xmlns: "http://jabber.org/protocol/disco#info" }));
+    const query = reply.getChild("query", "http://jabber.org/protocol/disco#info")!;
+    expect(query.getChildren("identity").map((i) => i.attrs)).toEqual([{ category: "component", type: "generic", name: "Keyward KMS" }]);
+    expect(query.getChildren("feature").map((f) => f.attrs.var)).toContain(NS);
+    const node = await stanzaErrorOf(rawIq(alice, "get", xml("query", { xmlns: "http://jabber.org/protocol/disco#info", node: "x" })));
+    expect(node.condition).toBe("item-not-found");
+  });
+
+  it("a message over the KMS's limit gets an IQ result with a JWS 413, nothing processed", async () => {
+    const before = kms.channelCount();
+    const raw = new RawClient(kms);
+    const pair = await generateEphemeralKeyPair();
+    const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+    const big = { client: await raw.credential(), method: "create", uri: "/ecdhe", requestId: "big", jwk: { kty, crv, x, y }, padding: "x".repeat(MAX_MESSAGE_BYTES) };
+    const reply = await rawIq(alice, "set", xml("kms", { xmlns: NS }, await raw.ecdheMessage(big)));
+    expect(reply.attrs.type).toBe("result");
+    const { payload } = await openJws(kms.url, kmsText(reply));
+    expect(payload).toMatchObject({ status: 413 });
+    expect(String(payload.reason)).toContain(String(MAX_MESSAGE_BYTES));
+    expect(kms.channelCount()).toBe(before);
+  });
+
+  it("/metrics has the link gauge keyward_xmpp_connected", async () => {
+    const text = await (await fetch(`${kms.url}/metrics`)).text();
+    expect(text).toMatch(/^keyward_xmpp_connected 1$/m);
+  });
+
+  // Last: it restarts Prosody.
+  it("Prosody stopped: /readyz 503 and the gauge 0; Prosody back: the KMS reconnects, /readyz 200, IQs served again", { timeout: 60_000 }, async () => {
+    await alice.stop().catch(() => {});
+    await prosody.suspend();
+    await waitForReadyz(kms.url, 503, 10_000);
+    expect(await (await fetch(`${kms.url}/metrics`)).text()).toMatch(/^keyward_xmpp_connected 0$/m);
+    await new Promise((r) => setTimeout(r, 1_500)); // a few failed attempts: the backoff grows
+    await prosody.resume();
+    await waitForReadyz(kms.url, 200, 30_000);
+    expect(await (await fetch(`${kms.url}/metrics`)).text()).toMatch(/^keyward_xmpp_connected 1$/m);
+    alice = await connectXmppUser(prosody, "alice", "phone");
+    const reply = await rawIq(alice, "get", xml("discovery", { xmlns: NS }));
+    expect(reply.attrs.type).toBe("result");
+    expect(kms.logs()).toMatch(/xmpp link down/);
+  });
+});
