@@ -3,6 +3,18 @@ export { KmsClient, type KmsClientOptions, type KmsInfo, type Channel } from "./
 export { KmsRequestError, KmsProtocolError, KmsTransportError } from "./errors.js";
 export { KmsIdentityError, validateKmsIdentity, matchesDnsName } from "./kms-identity.js";
 export { HttpTransport, type KmsTransport } from "./transport.js";
+export {
+  XmppTransport,
+  xmppJsConnection,
+  KMS_XMPP_NAMESPACE,
+  type XmppTransportOptions,
+  type XmppConnection,
+  type XmppIqRequest,
+  type XmppIqReply,
+  type XmppJsClientLike,
+  type XmppJsElementLike,
+  type XmppJsXml,
+} from "./xmpp-transport.js";
 export { DeviceKey, type DeviceKeyType, type DeviceKeyAlgorithm, type KeyedJwk } from "./device-key.js";
 export { GroupKeys, type GroupKey, type DeviceKeyLike } from "./group-keys.js";
 export {
