@@ -133,6 +133,9 @@ export class XmppTransport implements KmsTransport {
   private readonly connection: XmppConnection;
   private readonly to: string;
   private readonly timeoutMs: number;
+  /** The requests in flight: each one's way to fail when the connection drops. */
+  private readonly inFlight = new Set<() => void>();
+  private subscribed = false;
 
   constructor(options: XmppTransportOptions) {
     this.connection = options.connection;
@@ -161,22 +164,28 @@ export class XmppTransport implements KmsTransport {
     if (!this.connection.isOnline()) {
       return Promise.reject(new KmsTransportError("ERR_TRANSPORT_CLOSED", "the XMPP connection is not online"));
     }
+    if (!this.subscribed) {
+      // One listener for the transport's lifetime (not one per request: pipelines are long).
+      this.subscribed = true;
+      this.connection.onDisconnect(() => {
+        for (const drop of [...this.inFlight]) drop();
+      });
+    }
     return new Promise((resolve, reject) => {
       let settled = false;
       const finish = (f: () => void) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        unsubscribe();
+        this.inFlight.delete(dropped);
         f();
       };
       const timer = setTimeout(
         () => finish(() => reject(new KmsTransportError("ERR_TRANSPORT_TIMEOUT", `no reply from ${this.to} within ${this.timeoutMs} ms`))),
         this.timeoutMs,
       );
-      const unsubscribe = this.connection.onDisconnect(() =>
-        finish(() => reject(new KmsTransportError("ERR_TRANSPORT_CLOSED", "the XMPP connection closed with the request in flight"))),
-      );
+      const dropped = () => finish(() => reject(new KmsTransportError("ERR_TRANSPORT_CLOSED", "the XMPP connection closed with the request in flight")));
+      this.inFlight.add(dropped);
       // The library's own wait a little longer than ours, so that ours decides (and its entry is freed).
       this.connection.iq(request, this.timeoutMs + 1_000).then(
         (reply) =>
