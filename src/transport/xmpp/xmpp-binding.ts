@@ -83,6 +83,11 @@ export class XmppBinding {
       if (!this.closing) opts.logger.warn({ err: { name: e.name, message: e.message, condition: e.condition } }, "xmpp link error");
     });
     this.entity.on("online", () => {
+      if (this.closing) {
+        // An attempt that was under way when close() ran: do not leave a link behind.
+        void withTimeout(this.entity.stop(), 3_000).catch(() => {});
+        return;
+      }
       this.isConnected = true;
       this.failures = 0;
       this.gauge?.set(1);
@@ -219,6 +224,8 @@ export class XmppBinding {
   private async onIq(ctx: IncomingContext, next: () => Promise<unknown>): Promise<unknown> {
     const el = ctx.element;
     if (ctx.name !== "iq" || !el) return next();
+    // Only the component's own JID is a KMS: `someone@kms.example.com` names nothing here (RFC 6120 §10.5.3.1).
+    if (ctx.to === undefined || ctx.to.local !== "" || ctx.to.domain !== this.opts.domain) return undefined;
     if (el.is("kms", KMS_XMPP_NS)) {
       // A kms payload in a get is a malformed request for a service we do offer, not an unknown one.
       if (ctx.type !== "set") return stanzaError("modify", "bad-request");

@@ -7,6 +7,9 @@ import { openJws, RawClient, startTestKms, type TestKms } from "../../helpers/ha
 import { prosodyForTests, startProsody, type ProsodyServer } from "../../helpers/prosody.js";
 import { connectXmppUser, KMS_COMPONENT, kmsXmppEnv, rawIq, waitForReadyz, xml } from "../../helpers/xmpp-client.js";
 import type { JWK } from "jose";
+import { Writable } from "node:stream";
+import { createLogger } from "../../../src/server/logger.js";
+import { XmppBinding } from "../../../src/transport/xmpp/xmpp-binding.js";
 
 const NS = "urn:x-keyward:kms:1";
 const MAX_MESSAGE_BYTES = 64 * 1024;
@@ -37,7 +40,7 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
   let alice: Client;
 
   beforeAll(async () => {
-    prosody = await startProsody();
+    prosody = await startProsody({ components: { [KMS_COMPONENT]: "kms-secret", "gate.localhost": "gate-secret" } });
     kms = await startTestKms({ env: { ...kmsXmppEnv(prosody), KEYWARD_MAX_MESSAGE_BYTES: String(MAX_MESSAGE_BYTES) } });
     await waitForReadyz(kms.url, 200);
     alice = await connectXmppUser(prosody, "alice", "phone");
@@ -115,6 +118,7 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
   it.each([
     ["an empty kms element", "set", () => xml("kms", { xmlns: NS }), "bad-request"],
     ["a kms element of whitespace only", "set", () => xml("kms", { xmlns: NS }, " \n\t "), "bad-request"],
+    ["a kms element holding an element, no text", "set", () => xml("kms", { xmlns: NS }, xml("jwe", {})), "bad-request"],
     ["a kms payload in an IQ get", "get", () => xml("kms", { xmlns: NS }, "eyJ.x.y.z.w"), "bad-request"],
     ["another payload", "get", () => xml("query", { xmlns: "jabber:iq:version" }), "service-unavailable"],
     ["another payload (set)", "set", () => xml("command", { xmlns: "http://jabber.org/protocol/commands" }), "service-unavailable"],
@@ -124,6 +128,17 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
     const before = kms.channelCount();
     const error = await stanzaErrorOf(rawIq(alice, type, payload()));
     expect(error.condition).toBe(expected);
+    expect(kms.channelCount()).toBe(before);
+  });
+
+  it("a kms IQ to a JID under the component's domain (someone@kms.localhost) → service-unavailable: only the component's JID is the KMS", async () => {
+    const before = kms.channelCount();
+    const raw = new RawClient(kms);
+    const pair = await generateEphemeralKeyPair();
+    const { kty, crv, x, y } = await exportJWK(pair.publicKey);
+    const payload = { client: await raw.credential(), method: "create", uri: "/ecdhe", requestId: "elsewhere", jwk: { kty, crv, x, y } };
+    const error = await stanzaErrorOf(rawIq(alice, "set", xml("kms", { xmlns: NS }, await raw.ecdheMessage(payload)), `someone@${KMS_COMPONENT}`));
+    expect(error.condition).toBe("service-unavailable");
     expect(kms.channelCount()).toBe(before);
   });
 
@@ -167,6 +182,68 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
   it("/metrics has the link gauge keyward_xmpp_connected", async () => {
     const text = await (await fetch(`${kms.url}/metrics`)).text();
     expect(text).toMatch(/^keyward_xmpp_connected 1$/m);
+  });
+
+  describe("XmppBinding itself", () => {
+    const logger = createLogger("silent");
+    const base = { handle: async () => "x", wellKnown: () => ({}), refuse: async () => "r", maxMessageBytes: 1024, logger, backoff: { initialMs: 100, maxMs: 500 } };
+
+    it("more IQs in progress than maxInFlight → resource-constraint (wait) for the extra ones; the others are answered", async () => {
+      let open!: () => void;
+      const gate = new Promise<void>((r) => (open = r));
+      const binding = XmppBinding.start({
+        ...base,
+        service: prosody.componentService,
+        domain: "gate.localhost",
+        secret: "gate-secret",
+        maxInFlight: 2,
+        handle: async (m) => {
+          await gate;
+          return `echo ${m.length}`;
+        },
+      });
+      try {
+        await binding.online();
+        const first = [rawIq(alice, "set", xml("kms", { xmlns: NS }, "a.b.c.d.e"), "gate.localhost"), rawIq(alice, "set", xml("kms", { xmlns: NS }, "a.b.c.d.e"), "gate.localhost")];
+        await new Promise((r) => setTimeout(r, 300)); // both are in the handler now
+        const third = await stanzaErrorOf(rawIq(alice, "set", xml("kms", { xmlns: NS }, "a.b.c.d.e"), "gate.localhost"));
+        expect(third).toEqual({ condition: "resource-constraint", type: "wait" });
+        open();
+        for (const reply of await Promise.all(first)) expect(kmsText(reply)).toBe("echo 9");
+      } finally {
+        open();
+        await binding.close();
+      }
+    });
+
+    it("a wrong component secret: the link never comes up, it keeps trying, and close() stops it", async () => {
+      const lines: string[] = [];
+      const binding = XmppBinding.start({
+        ...base,
+        service: prosody.componentService,
+        domain: "gate.localhost",
+        secret: "not-the-secret",
+        maxInFlight: 10,
+        logger: createLogger("warn", new Writable({ write: (c, _e, cb) => (lines.push(String(c)), cb()) })),
+      });
+      await expect(binding.online(1_500)).rejects.toThrow(/did not come up/);
+      expect(binding.connected).toBe(false);
+      expect(() => binding.assertReady()).toThrow(/down/);
+      expect(lines.join("")).toMatch(/xmpp link error/);
+      expect(lines.join("")).not.toContain("not-the-secret");
+      await binding.close();
+    });
+
+    it("a second KMS on a component JID already held is refused by Prosody (<conflict/>); the first keeps serving", async () => {
+      const second = XmppBinding.start({ ...base, service: prosody.componentService, domain: KMS_COMPONENT, secret: "kms-secret", maxInFlight: 10 });
+      try {
+        await expect(second.online(1_500)).rejects.toThrow();
+        const reply = await rawIq(alice, "get", xml("discovery", { xmlns: NS }));
+        expect(JSON.parse(reply.getChild("discovery", NS)!.text())).toMatchObject({ uri: `kms://${kms.authority}` });
+      } finally {
+        await second.close();
+      }
+    });
   });
 
   // Last: it restarts Prosody.
