@@ -229,6 +229,7 @@ export const configSchema = z.strictObject({
   ).optional(),
   xmppDomain: checkedString((s) => (isHostname(s) ? undefined : "expected the component's JID, a DNS domain name (e.g. kms.example.com)")).optional(),
   xmppSecret: nonEmpty().optional(),
+  xmppMaxStanzaBytes: intIn(4096).default(524_288),
   devIdp: z
     .strictObject({ listen: listenString.default(DEFAULT_DEV_IDP_LISTEN) }, { error: 'must be an object such as { "listen": "127.0.0.1:8485" }' })
     .optional(),
@@ -317,6 +318,7 @@ export const CONFIG_KEYS = {
   xmppService: { env: "KEYWARD_XMPP_SERVICE", envType: "string", required: false, default: undefined, description: "XMPP binding (§3): the XMPP server's component port, `xmpp://host:port`; the KMS connects there as an external component (XEP-0114). Set all three `xmpp*` keys or none." },
   xmppDomain: { env: "KEYWARD_XMPP_DOMAIN", envType: "string", required: false, default: undefined, description: "XMPP binding: the component's JID (e.g. `kms.example.com`), as configured on the XMPP server." },
   xmppSecret: { env: "KEYWARD_XMPP_SECRET", envType: "string", required: false, default: undefined, secret: true, description: "XMPP binding: the component's shared secret (XEP-0114 handshake)." },
+  xmppMaxStanzaBytes: { env: "KEYWARD_XMPP_MAX_STANZA_BYTES", envType: "integer", required: false, default: "524288", description: "XMPP binding: the XMPP server's stanza size limit on the component stream (Prosody's `component_stanza_size_limit`, 512 KiB by default); a reply that would exceed it is answered with a JWS 413 instead of breaking the link." },
   devIdp: { env: "KEYWARD_DEV_IDP_LISTEN", envType: "string", required: false, default: undefined, description: `\`keyward dev\` only: built-in identity provider, \`{ "listen": "host:port" }\` (listen defaults to ${DEFAULT_DEV_IDP_LISTEN}).` },
 } as const satisfies Record<ConfigKey, ConfigKeyInfo>;
 
@@ -502,6 +504,8 @@ export interface XmppConfig {
   /** The component's JID, lower-cased. */
   readonly domain: string;
   readonly secret: string;
+  /** The XMPP server's stanza size limit on the component stream, in bytes. */
+  readonly maxStanzaBytes: number;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -680,7 +684,7 @@ export function resolveConfig(
       devIdpListen !== undefined && { devIdp: { listen: v.devIdp.listen, listenHost: devIdpListen.host, listenPort: devIdpListen.port } }),
     ...(xmppService !== undefined &&
       v.xmppService !== undefined && v.xmppDomain !== undefined && v.xmppSecret !== undefined && {
-        xmpp: { service: v.xmppService, host: xmppService.host, port: xmppService.port, domain: v.xmppDomain.toLowerCase(), secret: v.xmppSecret },
+        xmpp: { service: v.xmppService, host: xmppService.host, port: xmppService.port, domain: v.xmppDomain.toLowerCase(), secret: v.xmppSecret, maxStanzaBytes: v.xmppMaxStanzaBytes },
       }),
     ...(masterKeyFromEnv !== undefined && masterKeyFromEnv !== "" && { masterKeyFromEnv }),
   };

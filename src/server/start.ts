@@ -96,6 +96,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
         wellKnown: () => kms.wellKnown(),
         refuse: (status, reason) => staticKey.sign({ status, reason }),
         maxMessageBytes: config.maxMessageBytes,
+        maxStanzaBytes: config.xmpp.maxStanzaBytes,
         maxInFlight: config.maxInFlight,
         logger,
         registry: kms.registry,

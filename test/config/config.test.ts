@@ -180,6 +180,7 @@ describe("environment overrides", () => {
     ["xmppService", "KEYWARD_XMPP_SERVICE", "xmpp://[::1]:5347", (c) => [c.xmpp?.service, c.xmpp?.host, c.xmpp?.port], ["xmpp://[::1]:5347", "::1", 5347]],
     ["xmppDomain", "KEYWARD_XMPP_DOMAIN", "KMS.Other.Org", (c) => c.xmpp?.domain, "kms.other.org"],
     ["xmppSecret", "KEYWARD_XMPP_SECRET", "env-secret", (c) => c.xmpp?.secret, "env-secret"],
+    ["xmppMaxStanzaBytes", "KEYWARD_XMPP_MAX_STANZA_BYTES", "65536", (c) => c.xmpp?.maxStanzaBytes, 65536],
     ["devIdp", "KEYWARD_DEV_IDP_LISTEN", "[::1]:9999", (c) => c.devIdp, { listen: "[::1]:9999", listenHost: "::1", listenPort: 9999 }],
   ];
 
@@ -568,7 +569,7 @@ describe("the XMPP binding's configuration (§3)", () => {
 
   it("all three variables give config.xmpp, host and port split, the domain lower-cased", () => {
     const c = resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_DOMAIN: "KMS.Example.COM" });
-    expect(c.xmpp).toEqual({ service: "xmpp://127.0.0.1:5347", host: "127.0.0.1", port: 5347, domain: "kms.example.com", secret: "s3cret" });
+    expect(c.xmpp).toEqual({ service: "xmpp://127.0.0.1:5347", host: "127.0.0.1", port: 5347, domain: "kms.example.com", secret: "s3cret", maxStanzaBytes: 524_288 });
     expect(resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_SERVICE: "xmpp://xmpp.example.com:15347" }).xmpp).toMatchObject({ host: "xmpp.example.com", port: 15347 });
     expect(resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_SERVICE: "xmpp://[::1]:5347/" }).xmpp).toMatchObject({ host: "::1", port: 5347 });
   });
@@ -604,6 +605,11 @@ describe("the XMPP binding's configuration (§3)", () => {
   it("refuses a domain that is not a DNS name and an empty secret in the file", () => {
     expect(configError(() => resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_DOMAIN: "kms@example.com" })).key).toBe("KEYWARD_XMPP_DOMAIN");
     expect(configError(() => resolveConfig(dir, { ...BASE, xmppSecret: "" }, { ...XMPP_ENV, KEYWARD_XMPP_SECRET: "" })).key).toBe("xmppSecret");
+  });
+
+  it("the stanza limit is an integer of at least 4096", () => {
+    expect(configError(() => resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_MAX_STANZA_BYTES: "100" })).key).toBe("KEYWARD_XMPP_MAX_STANZA_BYTES");
+    expect(configError(() => resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_MAX_STANZA_BYTES: "1e6" })).key).toBe("KEYWARD_XMPP_MAX_STANZA_BYTES");
   });
 
   it("never echoes the secret in an error", () => {

@@ -23,6 +23,12 @@ export interface XmppBindingOptions {
   /** A JWS error signed by the static key, for a message the KMS refuses before the core sees it (too large). */
   refuse(status: number, reason: string): Promise<string>;
   readonly maxMessageBytes: number;
+  /**
+   * The XMPP server's stanza size limit on the component stream (Prosody: `component_stanza_size_limit`,
+   * 512 KiB by default). A reply that would exceed it is answered with a JWS 413 instead: the server
+   * would otherwise close the whole component link (Prosody: `not-well-formed`). Default 512 KiB.
+   */
+  readonly maxStanzaBytes?: number;
   /** IQs in progress above which new ones get the stanza error `resource-constraint` (wait). */
   readonly maxInFlight: number;
   readonly logger: Logger;
@@ -32,6 +38,20 @@ export interface XmppBindingOptions {
   readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
   /** How long one connection attempt (TCP, stream, handshake) may take (default 10 s). */
   readonly attemptTimeoutMs?: number;
+}
+
+/** Prosody's default `component_stanza_size_limit` (= its `s2s_stanza_size_limit`). */
+const DEFAULT_MAX_STANZA_BYTES = 512 * 1024;
+
+const encoder = new TextEncoder();
+function utf8Length(s: string): number {
+  return encoder.encode(s).length;
+}
+
+/** The bytes of `<iq type='result' to=… from=… id=…><kms xmlns=…>…</kms></iq>` around the reply text (over-estimated). */
+function envelopeBytes(ctx: IncomingContext): number {
+  const a = ctx.stanza.attrs;
+  return utf8Length(`${a.from ?? ""}${a.to ?? ""}${a.id ?? ""}`) * 2 + 256;
 }
 
 function stanzaError(type: "modify" | "cancel" | "wait", condition: string): Element {
@@ -235,9 +255,14 @@ export class XmppBinding {
       this.inFlight++;
       try {
         const reply =
-          new TextEncoder().encode(message).length > this.opts.maxMessageBytes
+          utf8Length(message) > this.opts.maxMessageBytes
             ? await this.opts.refuse(413, `a message is at most ${this.opts.maxMessageBytes} bytes`)
             : await this.opts.handle(message);
+        const maxStanza = this.opts.maxStanzaBytes ?? DEFAULT_MAX_STANZA_BYTES;
+        if (utf8Length(reply) + envelopeBytes(ctx) > maxStanza) {
+          this.opts.logger.warn({ bytes: utf8Length(reply), maxStanza }, "xmpp: a reply over the XMPP server's stanza limit was replaced by a 413");
+          return xml("kms", { xmlns: KMS_XMPP_NS }, await this.opts.refuse(413, `the reply is over the XMPP transport's stanza limit (${maxStanza} bytes): use the HTTP binding for this request`));
+        }
         return xml("kms", { xmlns: KMS_XMPP_NS }, reply);
       } finally {
         this.inFlight--;

@@ -124,7 +124,7 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
     ["another payload (set)", "set", () => xml("command", { xmlns: "http://jabber.org/protocol/commands" }), "service-unavailable"],
     ["a kms element in another namespace", "set", () => xml("kms", { xmlns: "urn:example:other" }, "eyJ.x.y.z.w"), "service-unavailable"],
     ["a discovery element in another namespace", "get", () => xml("discovery", { xmlns: "urn:example:other" }), "service-unavailable"],
-  ] as const)("%s → the stanza error %s", async (_what, type, payload, expected) => {
+  ] as const)("%s (IQ %s) → the stanza error %s", async (_what, type, payload, expected) => {
     const before = kms.channelCount();
     const error = await stanzaErrorOf(rawIq(alice, type, payload()));
     expect(error.condition).toBe(expected);
@@ -212,6 +212,33 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
         for (const reply of await Promise.all(first)) expect(kmsText(reply)).toBe("echo 9");
       } finally {
         open();
+        await binding.close();
+      }
+    });
+
+    it("a reply over the XMPP server's stanza limit is replaced by a JWS 413; the component link stays up", async () => {
+      const binding = XmppBinding.start({
+        ...base,
+        service: prosody.componentService,
+        domain: "gate.localhost",
+        secret: "gate-secret",
+        maxInFlight: 10,
+        handle: async (m) => "x".repeat(Number(m)),
+        refuse: async (status, reason) => JSON.stringify({ status, reason }),
+      });
+      try {
+        await binding.online();
+        const drops = () => (prosody.log().match(/component disconnected: gate\.localhost/g) ?? []).length;
+        const dropsBefore = drops();
+        const small = await rawIq(alice, "set", xml("kms", { xmlns: NS }, "400000"), "gate.localhost");
+        expect(kmsText(small)).toHaveLength(400_000);
+        // Prosody's default component stanza limit is 512 KiB: sent as is, it would close the link.
+        const big = await rawIq(alice, "set", xml("kms", { xmlns: NS }, "600000"), "gate.localhost");
+        expect(JSON.parse(kmsText(big))).toMatchObject({ status: 413, reason: expect.stringContaining("stanza limit") });
+        await new Promise((r) => setTimeout(r, 300));
+        expect(binding.connected).toBe(true);
+        expect(drops()).toBe(dropsBefore);
+      } finally {
         await binding.close();
       }
     });
