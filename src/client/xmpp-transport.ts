@@ -110,7 +110,18 @@ export interface XmppTransportOptions {
   readonly to: string;
   /** How long to wait for each reply (default 30 s). */
   readonly timeoutMs?: number;
+  /**
+   * The XMPP server's stanza size limit for this client's stream (Prosody: `c2s_stanza_size_limit`,
+   * 256 KiB by default). A larger message is refused here (`ERR_TRANSPORT`), before it is sent:
+   * the server would close the whole XMPP connection. Default 256 KiB.
+   */
+  readonly maxStanzaBytes?: number;
 }
+
+/** Prosody's default `c2s_stanza_size_limit`. */
+const DEFAULT_MAX_STANZA_BYTES = 256 * 1024;
+/** Room left for the IQ around the message: `<iq type='set' to=… id=…><kms xmlns=…>…</kms></iq>` (and the server's `from`). */
+const IQ_ENVELOPE_BYTES = 1024;
 
 /**
  * The XMPP binding of §3 for the SDK (draft use case 3.2: the XMPP service is the KMS transport):
@@ -133,6 +144,7 @@ export class XmppTransport implements KmsTransport {
   private readonly connection: XmppConnection;
   private readonly to: string;
   private readonly timeoutMs: number;
+  private readonly maxStanzaBytes: number;
   /** The requests in flight: each one's way to fail when the connection drops. */
   private readonly inFlight = new Set<() => void>();
   private subscribed = false;
@@ -141,9 +153,14 @@ export class XmppTransport implements KmsTransport {
     this.connection = options.connection;
     this.to = options.to;
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.maxStanzaBytes = options.maxStanzaBytes ?? DEFAULT_MAX_STANZA_BYTES;
   }
 
   async send(message: string): Promise<string> {
+    const bytes = new TextEncoder().encode(message).length + new TextEncoder().encode(this.to).length + IQ_ENVELOPE_BYTES;
+    if (bytes > this.maxStanzaBytes) {
+      throw new KmsTransportError("ERR_TRANSPORT", `the message is too large for the XMPP transport (${bytes} bytes as an IQ; the stanza limit is ${this.maxStanzaBytes})`);
+    }
     const reply = await this.request({ type: "set", to: this.to, name: "kms", xmlns: KMS_XMPP_NAMESPACE, text: message });
     if (reply === undefined) throw new KmsTransportError("ERR_TRANSPORT", "the KMS component's IQ result carries no kms payload");
     return reply;

@@ -37,6 +37,18 @@ describe("XmppTransport without a server", () => {
     for (const p of inFlight) expect((await transportError(p)).code).toBe("ERR_TRANSPORT_CLOSED");
   });
 
+  it("a message over the stanza limit is refused before it is sent (ERR_TRANSPORT)", async () => {
+    let sent = 0;
+    const counting: XmppConnection = { ...never, iq: () => (sent++, new Promise(() => {})) };
+    const t = new XmppTransport({ connection: counting, to: "kms.example.com", maxStanzaBytes: 10_000 });
+    const e = await transportError(t.send("x".repeat(9_500)));
+    expect([e.code, e.message]).toEqual(["ERR_TRANSPORT", expect.stringContaining("stanza limit is 10000")]);
+    expect(sent).toBe(0);
+    const byDefault = new XmppTransport({ connection: counting, to: "kms.example.com" });
+    expect((await transportError(byDefault.send("x".repeat(256 * 1024)))).code).toBe("ERR_TRANSPORT");
+    expect(sent).toBe(0);
+  });
+
   it("a stanza error → ERR_TRANSPORT; a result without a kms payload → ERR_TRANSPORT", async () => {
     const err = new XmppTransport({ connection: { ...never, iq: async () => ({ type: "error", condition: "service-unavailable" }) }, to: "kms.example.com" });
     const e = await transportError(err.send("a.b.c.d.e"));
