@@ -40,6 +40,9 @@ export interface XmppBindingOptions {
   readonly attemptTimeoutMs?: number;
 }
 
+/** Messages of one sender (full JID) in the core at once; more wait their turn (§3's 50 per WebSocket connection). */
+export const PER_SENDER_CONCURRENCY = 50;
+
 /** Prosody's default `component_stanza_size_limit` (= its `s2s_stanza_size_limit`). */
 const DEFAULT_MAX_STANZA_BYTES = 512 * 1024;
 
@@ -85,6 +88,8 @@ export class XmppBinding {
   private failures = 0;
   private timer?: NodeJS.Timeout;
   private inFlight = 0;
+  /** Per sender (full JID): messages in the core, and those waiting for a turn. */
+  private readonly senders = new Map<string, { running: number; waiting: Array<() => void> }>();
   private waiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   private constructor(private readonly opts: XmppBindingOptions) {
@@ -236,6 +241,29 @@ export class XmppBinding {
   }
 
   /**
+   * Waits until `sender` has fewer than {@link PER_SENDER_CONCURRENCY} messages in the core (as the
+   * WebSocket binding does per connection): one client's pipeline of thousands cannot take every
+   * turn from the others. Its further IQs wait in order (none is dropped); they count towards
+   * `maxInFlight`. Returns the function that gives the turn back.
+   */
+  private async turn(sender: string): Promise<() => void> {
+    let entry = this.senders.get(sender);
+    if (!entry) {
+      entry = { running: 0, waiting: [] };
+      this.senders.set(sender, entry);
+    }
+    const e = entry;
+    if (e.running < PER_SENDER_CONCURRENCY) e.running++;
+    else await new Promise<void>((resolve) => e.waiting.push(resolve)); // the releaser hands its turn over
+    return () => {
+      const next = e.waiting.shift();
+      if (next) return next();
+      e.running--;
+      if (e.running === 0) this.senders.delete(sender);
+    };
+  }
+
+  /**
    * One incoming IQ get/set with exactly one payload (xmpp.js's IQ callee answers the others with
    * `bad-request`, and replies to the sender's full JID from the address the IQ was sent to).
    * Returns the result's payload, an `<error/>` for a stanza error, or undefined for
@@ -253,6 +281,7 @@ export class XmppBinding {
       if (message === "") return stanzaError("modify", "bad-request");
       if (this.inFlight >= this.opts.maxInFlight) return stanzaError("wait", "resource-constraint");
       this.inFlight++;
+      const release = await this.turn(ctx.stanza.attrs.from ?? "");
       try {
         const reply =
           utf8Length(message) > this.opts.maxMessageBytes
@@ -265,6 +294,7 @@ export class XmppBinding {
         }
         return xml("kms", { xmlns: KMS_XMPP_NS }, reply);
       } finally {
+        release();
         this.inFlight--;
       }
     }

@@ -9,7 +9,7 @@ import { connectXmppUser, KMS_COMPONENT, kmsXmppEnv, rawIq, waitForReadyz, xml }
 import type { JWK } from "jose";
 import { Writable } from "node:stream";
 import { createLogger } from "../../../src/server/logger.js";
-import { XmppBinding } from "../../../src/transport/xmpp/xmpp-binding.js";
+import { PER_SENDER_CONCURRENCY, XmppBinding } from "../../../src/transport/xmpp/xmpp-binding.js";
 
 const NS = "urn:x-keyward:kms:1";
 const MAX_MESSAGE_BYTES = 64 * 1024;
@@ -212,6 +212,46 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
         for (const reply of await Promise.all(first)) expect(kmsText(reply)).toBe("echo 9");
       } finally {
         open();
+        await binding.close();
+      }
+    });
+
+    it(`one sender has at most ${PER_SENDER_CONCURRENCY} messages in the core at once; the rest wait their turn and are all answered`, async () => {
+      let open!: () => void;
+      const gate = new Promise<void>((r) => (open = r));
+      let running = 0;
+      let peak = 0;
+      const binding = XmppBinding.start({
+        ...base,
+        service: prosody.componentService,
+        domain: "gate.localhost",
+        secret: "gate-secret",
+        maxInFlight: 1000,
+        handle: async (m) => {
+          peak = Math.max(peak, ++running);
+          await gate;
+          running--;
+          return `done ${m}`;
+        },
+      });
+      const bob = await connectXmppUser(prosody, "bob", "other");
+      try {
+        await binding.online();
+        const many = Array.from({ length: PER_SENDER_CONCURRENCY + 20 }, (_, i) => rawIq(alice, "set", xml("kms", { xmlns: NS }, `a${i}`), "gate.localhost", 20_000));
+        await new Promise((r) => setTimeout(r, 500));
+        expect(running).toBe(PER_SENDER_CONCURRENCY);
+        // Another sender is not stuck behind alice's pipeline.
+        const fromBob = rawIq(bob, "set", xml("kms", { xmlns: NS }, "b"), "gate.localhost", 20_000);
+        await new Promise((r) => setTimeout(r, 300));
+        expect(running).toBe(PER_SENDER_CONCURRENCY + 1);
+        open();
+        const replies = await Promise.all(many);
+        expect(replies.map(kmsText)).toEqual(Array.from({ length: PER_SENDER_CONCURRENCY + 20 }, (_, i) => `done a${i}`));
+        expect(kmsText(await fromBob)).toBe("done b");
+        expect(peak).toBe(PER_SENDER_CONCURRENCY + 1);
+      } finally {
+        open();
+        await bob.stop().catch(() => {});
         await binding.close();
       }
     });
