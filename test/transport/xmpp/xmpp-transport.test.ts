@@ -67,7 +67,7 @@ describe.skipIf(!run)("KmsClient over XmppTransport, through Prosody and the KMS
   const closers: Array<() => Promise<unknown>> = [];
 
   beforeAll(async () => {
-    prosody = await startProsody({ components: { [KMS_COMPONENT]: "kms-secret", "mute.localhost": "mute-secret" } });
+    prosody = await startProsody({ components: { [KMS_COMPONENT]: "kms-secret", "mute.localhost": "mute-secret", "closing.localhost": "closing-secret" } });
     kms = await startTestKms({ env: kmsXmppEnv(prosody) });
     // A component that takes IQs and never answers them: for timeouts and drops with requests in flight.
     mute = component({ service: prosody.componentService, domain: "mute.localhost", password: "mute-secret" });
@@ -163,5 +163,23 @@ describe.skipIf(!run)("KmsClient over XmppTransport, through Prosody and the KMS
     for (const p of inFlight) expect((await transportError(p)).code).toBe("ERR_TRANSPORT_CLOSED");
     expect(Date.now() - started).toBeLessThan(10_000);
     expect((await transportError(t.send("k.l.m.n.o"))).code).toBe("ERR_TRANSPORT_CLOSED");
+  });
+
+  it("Kms.close() takes the component off the XMPP server: its JID then answers with a stanza error, and SDK requests fail with ERR_TRANSPORT", async () => {
+    const second = await startTestKms({ env: kmsXmppEnv(prosody, "closing.localhost") });
+    let closed = false;
+    try {
+      await waitForReadyz(second.url, 200);
+      const alice = await xmppUser("alice", "closing");
+      const t = new XmppTransport({ connection: xmppJsConnection(alice, xml), to: "closing.localhost", timeoutMs: 10_000 });
+      expect(await t.discover()).toMatchObject({ uri: `kms://${second.authority}` });
+      await second.close();
+      closed = true;
+      expect(prosody.log()).toMatch(/component disconnected: closing\.localhost/);
+      const e = await transportError(t.discover());
+      expect(e.code).toBe("ERR_TRANSPORT");
+    } finally {
+      if (!closed) await second.close();
+    }
   });
 });
