@@ -29,7 +29,7 @@ export interface XmppBindingOptions {
    * would otherwise close the whole component link (Prosody: `not-well-formed`). Default 512 KiB.
    */
   readonly maxStanzaBytes?: number;
-  /** IQs in progress above which new ones get the stanza error `resource-constraint` (wait). */
+  /** Messages in progress above which new ones are answered with a JWS 429 (as HTTP sheds with 429). */
   readonly maxInFlight: number;
   readonly logger: Logger;
   /** Where the `keyward_xmpp_connected` gauge is registered. */
@@ -57,7 +57,7 @@ function envelopeBytes(ctx: IncomingContext): number {
   return utf8Length(`${a.from ?? ""}${a.to ?? ""}${a.id ?? ""}`) * 2 + 256;
 }
 
-function stanzaError(type: "modify" | "cancel" | "wait", condition: string): Element {
+function stanzaError(type: "modify" | "cancel", condition: string): Element {
   return xml("error", { type }, xml(condition, { xmlns: STANZA_ERROR_NS }));
 }
 
@@ -279,7 +279,8 @@ export class XmppBinding {
       if (ctx.type !== "set") return stanzaError("modify", "bad-request");
       const message = el.text().trim();
       if (message === "") return stanzaError("modify", "bad-request");
-      if (this.inFlight >= this.opts.maxInFlight) return stanzaError("wait", "resource-constraint");
+      // Shedding is a KMS answer too (§3: stanza errors only for what is not a KMS message): a JWS 429.
+      if (this.inFlight >= this.opts.maxInFlight) return xml("kms", { xmlns: KMS_XMPP_NS }, await this.opts.refuse(429, "the KMS is overloaded: retry later"));
       this.inFlight++;
       const release = await this.turn(ctx.stanza.attrs.from ?? "");
       try {

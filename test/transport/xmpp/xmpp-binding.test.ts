@@ -188,7 +188,7 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
     const logger = createLogger("silent");
     const base = { handle: async () => "x", wellKnown: () => ({}), refuse: async () => "r", maxMessageBytes: 1024, logger, backoff: { initialMs: 100, maxMs: 500 } };
 
-    it("more IQs in progress than maxInFlight → resource-constraint (wait) for the extra ones; the others are answered", async () => {
+    it("more messages in progress than maxInFlight → a JWS 429 in an IQ result for the extra ones (no stanza error); the others are answered", async () => {
       let open!: () => void;
       const gate = new Promise<void>((r) => (open = r));
       const binding = XmppBinding.start({
@@ -197,6 +197,7 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
         domain: "gate.localhost",
         secret: "gate-secret",
         maxInFlight: 2,
+        refuse: async (status, reason) => JSON.stringify({ status, reason }),
         handle: async (m) => {
           await gate;
           return `echo ${m.length}`;
@@ -206,8 +207,9 @@ describe.skipIf(!run)("the XMPP binding (§3) on a real Prosody", () => {
         await binding.online();
         const first = [rawIq(alice, "set", xml("kms", { xmlns: NS }, "a.b.c.d.e"), "gate.localhost"), rawIq(alice, "set", xml("kms", { xmlns: NS }, "a.b.c.d.e"), "gate.localhost")];
         await new Promise((r) => setTimeout(r, 300)); // both are in the handler now
-        const third = await stanzaErrorOf(rawIq(alice, "set", xml("kms", { xmlns: NS }, "a.b.c.d.e"), "gate.localhost"));
-        expect(third).toEqual({ condition: "resource-constraint", type: "wait" });
+        const third = await rawIq(alice, "set", xml("kms", { xmlns: NS }, "a.b.c.d.e"), "gate.localhost");
+        expect(third.attrs.type).toBe("result");
+        expect(JSON.parse(kmsText(third))).toEqual({ status: 429, reason: "the KMS is overloaded: retry later" });
         open();
         for (const reply of await Promise.all(first)) expect(kmsText(reply)).toBe("echo 9");
       } finally {
