@@ -1,7 +1,8 @@
 import { existsSync } from "node:fs";
 import { resolve, join } from "node:path";
 import { Command, Option } from "commander";
-import { DEFAULT_DEV_IDP_LISTEN, loadConfig, parseListen } from "../config/config.js";
+import { DEFAULT_DEV_IDP_LISTEN, loadConfig, parseListen, type KeywardConfig } from "../config/config.js";
+import { createLogger } from "../server/logger.js";
 import { devIdpIssuer, issueDevToken, startDevIdp } from "../identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../server/data-dir.js";
 import { serveDataDir } from "../server/start.js";
@@ -38,6 +39,7 @@ program
   .option("--workers <n>", "worker processes (default: KEYWARD_WORKERS or config `workers`, else one per CPU); 1 serves in this process")
   .action(async (o: { dir: string; workers?: string }) => {
     if (o.workers !== undefined && !/^[1-9]\d{0,3}$/.test(o.workers)) throw new Error(`--workers must be a positive integer (got ${JSON.stringify(o.workers)})`);
+    warnWithoutPublicUrl(loadConfig(resolve(o.dir)));
     // Prints `keyward: KMS kms://<authority> listening on <url> (N workers)` once every worker listens.
     const served = await serveWorkers(resolve(o.dir), o.workers === undefined ? undefined : Number(o.workers));
     onSignal(() => served.close());
@@ -118,6 +120,19 @@ registerGroupCommands(program);
 registerCryptCommands(program);
 registerMigrateCommand(program);
 registerRotateStaticKeyCommand(program);
+
+/**
+ * `keyward serve` in production: without `publicUrl`, the absolute URLs the KMS writes (the
+ * WebFinger `href`, §7) come from each request's Host header, which any client chooses. One
+ * structured warning at start-up (`keyward dev`, loopback only, does not warn).
+ */
+function warnWithoutPublicUrl(config: KeywardConfig): void {
+  if (config.publicUrl !== undefined) return;
+  createLogger(config.logLevel).warn(
+    { setting: "publicUrl", env: "KEYWARD_PUBLIC_URL" },
+    "publicUrl is not set: absolute URLs (the WebFinger href) are built from each request's Host header, which the client chooses; set publicUrl (KEYWARD_PUBLIC_URL) to the KMS's public origin, e.g. https://kms.example.com",
+  );
+}
 
 function onSignal(stop: () => Promise<void>): void {
   const handler = () => {

@@ -2,6 +2,7 @@ import { base64url, CompactEncrypt, compactDecrypt, decodeProtectedHeader, gener
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { KmsProtocolError } from "./errors.js";
 import type { KmsClient } from "./kms-client.js";
+import { isCanonicalBase64url } from "../protocol/jose/canonical-base64url.js";
 
 /** What GroupKeys needs of a device key: its kid and its private JWK (to unwrap GKs). */
 export interface DeviceKeyLike {
@@ -55,7 +56,7 @@ export class GroupKeys {
 
   /** `create /gks` (optionally bound at `block`, a hash where the user is a member). */
   async create(options: { block?: string } = {}): Promise<GroupKey> {
-    const reply = await this.kms.request("create", "/gks", options.block ? { block: options.block } : {});
+    const reply = await this.kms.request("create", "/gks", options.block ? { block: options.block } : {}, { expect: 201 });
     const gk = await this.open(reply.gk, { block: options.block ?? null });
     this.cache.set(gk.uri, gk);
     return gk;
@@ -63,7 +64,7 @@ export class GroupKeys {
 
   /** `update <gk uri>` with `block`: binds an unbound GK this user created. */
   async bind(gkUri: string, block: string): Promise<GroupKey> {
-    const reply = await this.kms.request("update", gkUri, { block });
+    const reply = await this.kms.request("update", gkUri, { block }, { expect: 200 });
     const gk = await this.open(reply.gk, { uri: gkUri, block });
     this.cache.set(gk.uri, gk);
     return gk;
@@ -73,7 +74,7 @@ export class GroupKeys {
   async fetch(gkUri: string): Promise<GroupKey> {
     const cached = this.cache.get(gkUri);
     if (cached) return cached;
-    const reply = await this.kms.request("retrieve", gkUri, { entity: this.opts.user });
+    const reply = await this.kms.request("retrieve", gkUri, { entity: this.opts.user }, { expect: 200 });
     const gk = await this.open(reply.gk, { uri: gkUri });
     this.cache.set(gk.uri, gk);
     return gk;
@@ -131,6 +132,10 @@ export class GroupKeys {
   /** `expected.block`: a hash it must be bound to, `null` for "must be unbound", undefined for "either". */
   private async open(jws: unknown, expected: { uri?: string; block?: string | null }): Promise<GroupKey> {
     if (typeof jws !== "string") throw new KmsProtocolError("ERR_GK_REPLY", "the KMS reply has no 'gk'");
+    // §10: one spelling per signed GK, as for blocks (a relay must not re-spell what the KMS signed).
+    if (!jws.split(".").every(isCanonicalBase64url)) {
+      throw new KmsProtocolError("ERR_GK_NOT_CANONICAL", "the GK's base64url is not canonical (decoding and re-encoding gives other text)");
+    }
     const kms = await this.kms.discover();
     const gk = (await this.kms.verifyKmsSignature(jws)) as SignedGk;
     if (typeof gk.uri !== "string" || gk.creator !== kms.uri || typeof gk.created !== "string") {

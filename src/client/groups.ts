@@ -77,7 +77,8 @@ interface ChainState {
  * trusted to have checked signatures when it accepted the blocks); `verify` checks every
  * signature, link and operation from the genesis block, signed by the discovered KMS key. If the
  * KMS no longer knows the cached tail (404), the chain is fetched again from scratch; it must
- * still start with the same genesis block.
+ * still start with the same genesis block and contain every cached block as a prefix (else
+ * ChainVerificationError ERR_CHAIN_ROLLBACK: a shorter or forked chain could hide a removal).
  *
  * @example
  * const kms = new KmsClient({ url, user: "alice@example.com", token, trustRoots: [caPem] });
@@ -119,7 +120,7 @@ export class Groups {
    */
   async registerDevice(): Promise<DeviceRegistration> {
     try {
-      await this.kms.request("create", "/entities/keys", { jwk: { ...this.device.publicJwk } });
+      await this.kms.request("create", "/entities/keys", { jwk: { ...this.device.publicJwk } }, { expect: 201 });
       return "registered";
     } catch (e) {
       if (!(e instanceof KmsRequestError) || e.status !== 409) throw e;
@@ -146,7 +147,7 @@ export class Groups {
    */
   async keysOf(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKey[]> {
     const e = entityOrThrow(entity);
-    const reply = await this.kms.request("retrieve", `/entities/${encodeURIComponent(e)}/keys`, opts.includeRevoked ? { includeRevoked: true } : {});
+    const reply = await this.kms.request("retrieve", `/entities/${encodeURIComponent(e)}/keys`, opts.includeRevoked ? { includeRevoked: true } : {}, { expect: 200 });
     const keys = reply.keys;
     if (!Array.isArray(keys) || !keys.every((k) => typeof k === "object" && k !== null && typeof (k as JWK).kid === "string")) {
       throw new KmsProtocolError("ERR_KEYS_REPLY", `the KMS listed no usable 'keys' for ${e}`);
@@ -163,7 +164,7 @@ export class Groups {
    * await groups.revokeDevice("alice-old-laptop");
    */
   async revokeDevice(kid: string = this.device.kid): Promise<void> {
-    await this.kms.request("delete", `/entities/${encodeURIComponent(this.user)}/keys/${encodeURIComponent(kid)}`);
+    await this.kms.request("delete", `/entities/${encodeURIComponent(this.user)}/keys/${encodeURIComponent(kid)}`, {}, { expect: 204 });
   }
 
   /**
@@ -177,7 +178,7 @@ export class Groups {
    */
   async create(members: readonly string[]): Promise<Group> {
     const operations = normalizeOperations(members.map((entity) => ({ entity, optype: "add" as const })));
-    const reply = await this.kms.request("create", "/blocks", { blockPayload: { operations } });
+    const reply = await this.kms.request("create", "/blocks", { blockPayload: { operations } }, { expect: 201 });
     if (typeof reply.block !== "string") throw new KmsProtocolError("ERR_BLOCK_REPLY", "the KMS created a group but sent no 'block'");
     const { blocks, members: membership } = await verifyChain([reply.block], await this.verifyOptions());
     const genesis = blocks[0]!;
@@ -238,7 +239,7 @@ export class Groups {
       const jws = await signAppendedBlock(payload, await this.device.signingKey(), { alg: this.device.alg, kid: this.device.kid });
       let reply;
       try {
-        reply = await this.kms.request("create", groupUri, { blocks: [jws] });
+        reply = await this.kms.request("create", groupUri, { blocks: [jws] }, { expect: 200 });
       } catch (e) {
         if (e instanceof KmsRequestError && e.status === 409 && attempt < this.maxRetries) {
           await sleep(5 + Math.random() * 20 * (attempt + 1));
@@ -342,7 +343,7 @@ export class Groups {
       if (cached) {
         const tail = cached.blocks[cached.blocks.length - 1]!.hash;
         try {
-          const reply = await this.kms.request("retrieve", groupUri, { antecedent: tail });
+          const reply = await this.kms.request("retrieve", groupUri, { antecedent: tail }, { expect: 200 });
           next = await extendChain(cached, reply.blocks);
         } catch (e) {
           // 404: the KMS does not know the cached tail any more (the chain is then fetched anew).
@@ -350,7 +351,7 @@ export class Groups {
         }
       }
       if (!next) {
-        const reply = await this.kms.request("retrieve", groupUri);
+        const reply = await this.kms.request("retrieve", groupUri, {}, { expect: 200 });
         next = await extendChain(undefined, reply.blocks);
         const genesis = next.blocks[0]!;
         if (cached && cached.blocks[0]!.hash !== genesis.hash) {
@@ -359,6 +360,7 @@ export class Groups {
         if ((genesis.payload as GenesisPayload).uri !== groupUri) {
           throw new ChainVerificationError("ERR_CHAIN_GENESIS", 0, `block 0 (${genesis.hash.slice(0, 8)}…): the chain uri is ${(genesis.payload as GenesisPayload).uri}, not ${groupUri}`);
         }
+        if (cached) refuseRollback(groupUri, cached, next);
       }
       this.#chains.set(groupUri, next);
       return next;
@@ -448,6 +450,27 @@ async function extendChain(base: ChainState | undefined, jwsList: unknown): Prom
     blocks.push(block);
   }
   return { blocks, members, curator };
+}
+
+/**
+ * A chain fetched again from scratch (after a 404 on the cached tail) must hold every block this
+ * client already had, as a prefix, by hash: the chain never forks nor loses blocks (§8), so a
+ * shorter chain, or one that forks before the cached tail, is a rollback that could hide a
+ * membership change (a removal). ChainVerificationError ERR_CHAIN_ROLLBACK names the first block
+ * that is missing or different; the cache keeps the blocks it had.
+ */
+function refuseRollback(groupUri: string, cached: ChainState, next: ChainState): void {
+  const index = cached.blocks.findIndex((b, i) => next.blocks[i]?.hash !== b.hash);
+  if (index < 0) return;
+  const known = cached.blocks[index]!;
+  const got = next.blocks[index];
+  throw new ChainVerificationError(
+    "ERR_CHAIN_ROLLBACK",
+    index,
+    `block ${index} (${known.hash.slice(0, 8)}…): ${groupUri} was fetched again ` +
+      (got ? `with another block at ${index} (${got.hash.slice(0, 8)}…)` : `with only ${next.blocks.length} block(s)`) +
+      `, but this client already had ${cached.blocks.length}: a rollback or a fork, refused (it could hide a membership change)`,
+  );
 }
 
 /** Operations with entities normalized; an Error (nothing sent) for an empty list or a bad entity. */

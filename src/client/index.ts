@@ -4,6 +4,12 @@ export { KmsRequestError, KmsProtocolError, KmsTransportError } from "./errors.j
 export { KmsIdentityError, validateKmsIdentity, matchesDnsName } from "./kms-identity.js";
 export { HttpTransport, type KmsTransport } from "./transport.js";
 export {
+  WebSocketTransport,
+  type WebSocketTransportOptions,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./websocket-transport.js";
+export {
   XmppTransport,
   xmppJsConnection,
   KMS_XMPP_NAMESPACE,

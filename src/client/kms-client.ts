@@ -168,16 +168,39 @@ export class KmsClient {
     return this.ensureChannel();
   }
 
-  /** `update /ping`: proves the channel works end to end. */
+  /**
+   * `update /ping` (200): proves the channel works end to end.
+   *
+   * @example
+   * await kms.ping();
+   */
   async ping(): Promise<void> {
-    await this.request("update", "/ping");
+    await this.request("update", "/ping", {}, { expect: 200 });
   }
 
   /**
    * Sends one request on the channel and returns the reply payload; throws KmsRequestError for a
    * status ≥ 400. Re-keys once and retries when the channel is refused (JWS 401/403).
+   *
+   * A reply is accepted only when it answers this request (§4): a decrypted reply without an
+   * integer `status`, or whose `requestId` is not this request's (compared as JSON values), is a
+   * KmsProtocolError `ERR_REPLY_MISMATCH`, never a success and never retried. Requests and
+   * replies share the channel key and header form, so an untrusted transport could otherwise hand
+   * the client its own request (bearer token included) back as the "reply". A success status
+   * other than `opts.expect` (default: any 2xx) is a KmsProtocolError `ERR_REPLY_STATUS`.
+   *
+   * A JWS error that carries a `requestId` must carry this request's (else `ERR_REPLY_MISMATCH`).
+   * A JWS error without one cannot be bound to a request (the KMS sends those when it cannot read
+   * the request: unknown or expired channel, a message that does not decrypt), so a transport can
+   * replay any such error it has seen. That residual limit is accepted: the SDK's reaction to an
+   * unbound 401/403 is to re-key and retry once, and to any other unbound error (or a second
+   * refusal) to fail the operation; an attacker who can replay can equally drop messages, which
+   * fails the operation too. An unbound JWS is never a success.
+   *
+   * @example
+   * const reply = await kms.request("retrieve", "/entities/bob%40example.com/keys", {}, { expect: 200 });
    */
-  async request(method: string, uri: string, fields: Record<string, unknown> = {}): Promise<ResponsePayload> {
+  async request(method: string, uri: string, fields: Record<string, unknown> = {}, opts: { expect?: number } = {}): Promise<ResponsePayload> {
     for (let attempt = 0; ; attempt++) {
       const channel = await this.ensureChannel();
       const reply = await this.exchange(channel, method, uri, fields);
@@ -187,8 +210,15 @@ export class KmsClient {
         continue;
       }
       if (reply.kind === "refused") throw new KmsRequestError(reply.payload.status, String(reply.payload.reason ?? ""), "jws");
-      if (reply.payload.status >= 400) {
-        throw new KmsRequestError(reply.payload.status, String(reply.payload.reason ?? ""), reply.form);
+      const { status } = reply.payload;
+      if (status >= 400) {
+        throw new KmsRequestError(status, String(reply.payload.reason ?? ""), reply.form);
+      }
+      if (opts.expect !== undefined ? status !== opts.expect : status < 200 || status > 299) {
+        throw new KmsProtocolError(
+          "ERR_REPLY_STATUS",
+          `${method} ${uri}: the KMS answered status ${status}, not ${opts.expect ?? "a 2xx success"}`,
+        );
       }
       return reply.payload;
     }
@@ -200,31 +230,31 @@ export class KmsClient {
     if (!channel) return;
     this.current = undefined;
     const reply = await this.exchange(channel, "delete", channel.uri, {});
-    if (reply.kind !== "refused" && reply.payload.status !== 204) {
-      throw new KmsRequestError(reply.payload.status, String(reply.payload.reason ?? ""), reply.form);
+    if (reply.kind === "refused") return;
+    if (reply.payload.status >= 400) throw new KmsRequestError(reply.payload.status, String(reply.payload.reason ?? ""), reply.form);
+    if (reply.payload.status !== 204) {
+      throw new KmsProtocolError("ERR_REPLY_STATUS", `delete ${channel.uri}: the KMS answered status ${reply.payload.status}, not 204`);
     }
   }
 
   private async exchange(channel: ChannelState, method: string, uri: string, fields: Record<string, unknown>) {
     const requestId = globalThis.crypto.randomUUID();
     const payload = { ...fields, client: await this.clientInfo(), method, uri, requestId };
-    const replyText = await this.transport.send(await encryptCommonMessage(channel.key, channel.uri, payload));
+    const replyText: unknown = await this.transport.send(await encryptCommonMessage(channel.key, channel.uri, payload));
+    if (typeof replyText !== "string") throw new KmsProtocolError("ERR_REPLY_MISMATCH", "the transport returned no JOSE text as the KMS reply");
     if (replyText.split(".").length === 3) {
-      const error = await this.verifyStatic(replyText);
+      // A JWS on a channel is only ever an error the KMS signed (§4); see `request` on unbound ones.
+      const error = jwsErrorFor(await this.verifyStatic(replyText), requestId);
       if (error.status === 401 || error.status === 403) return { kind: "refused" as const, payload: error, form: "jws" as const };
       throw new KmsRequestError(error.status, String(error.reason ?? ""), "jws");
     }
-    let reply: ResponsePayload;
+    let decrypted: unknown;
     try {
-      reply = (await decryptCommonMessage(channel.key, replyText)).payload as ResponsePayload;
+      decrypted = (await decryptCommonMessage(channel.key, replyText)).payload;
     } catch {
       throw new KmsProtocolError("ERR_REPLY_DECRYPT", "the KMS reply does not decrypt with the channel key");
     }
-    // Only a refusal made before the KMS could read the request (a bad header) has no requestId.
-    if (reply.requestId !== requestId && !(reply.requestId === undefined && reply.status >= 400)) {
-      throw new KmsProtocolError("ERR_REQUEST_ID", "the KMS reply answers another request");
-    }
-    return { kind: "reply" as const, payload: reply, form: "jwe" as const };
+    return { kind: "reply" as const, payload: replyFor(decrypted, requestId, "the KMS reply"), form: "jwe" as const };
   }
 
   private async ensureChannel(): Promise<ChannelState> {
@@ -268,13 +298,16 @@ export class KmsClient {
     const message = await new CompactEncrypt(new TextEncoder().encode(JSON.stringify(payload)))
       .setProtectedHeader({ alg, enc: CONTENT_ENCRYPTION, kid: kms.kid })
       .encrypt(encryptKey);
-    const reply = await this.verifyStatic(await this.transport.send(message));
+    const replyText: unknown = await this.transport.send(message);
+    if (typeof replyText !== "string") throw new KmsProtocolError("ERR_REPLY_MISMATCH", "the transport returned no JOSE text as the ECDHE reply");
+    // Bound before anything acts on it: a replayed refusal of another key agreement is no refusal of this one.
+    const reply = jwsErrorOrReplyFor(await this.verifyStatic(replyText), requestId);
     return { reply, requestId, pair };
   }
 
-  private async channelFrom({ reply, requestId, pair }: Awaited<ReturnType<KmsClient["keyAgreement"]>>): Promise<ChannelState> {
-    if (reply.status !== 201) throw new KmsRequestError(reply.status, String(reply.reason ?? ""), "jws");
-    if (reply.requestId !== requestId) throw new KmsProtocolError("ERR_REQUEST_ID", "the ECDHE reply answers another request");
+  private async channelFrom({ reply, pair }: Awaited<ReturnType<KmsClient["keyAgreement"]>>): Promise<ChannelState> {
+    if (reply.status >= 400) throw new KmsRequestError(reply.status, String(reply.reason ?? ""), "jws");
+    if (reply.status !== 201) throw new KmsProtocolError("ERR_REPLY_STATUS", `the ECDHE reply has status ${reply.status}, not 201`);
     const ek = (reply.key ?? reply["ephemeral-key"]) as { uri?: unknown; jwk?: unknown; expirationDate?: unknown; userId?: unknown } | undefined;
     if (!ek || typeof ek.uri !== "string" || typeof ek.expirationDate !== "string") {
       throw new KmsProtocolError("ERR_ECDHE_REPLY", "the ECDHE reply has no usable ephemeral key");
@@ -343,6 +376,53 @@ export class KmsClient {
     const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
     return { clientId: this.clientId, credential: { userId: this.options.user, bearer: token } };
   }
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** An HTTP-like status: an integer from 100 to 599. */
+const isStatus = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 100 && (v as number) <= 599;
+
+/**
+ * A decrypted common-message reply that answers the request `requestId` (§4): an object with an
+ * integer `status` that echoes `requestId` (compared as JSON values: `7` and `"7"` differ; both
+ * are primitives, so `===` is that comparison) and carries no `client` member (a reply never
+ * echoes the credential; a request always has one). Else KmsProtocolError ERR_REPLY_MISMATCH.
+ * A reply without requestId answers only a request with a bad header, which this client never
+ * sends, so it is refused too. The messages never quote the payload: it may be the request itself.
+ */
+function replyFor(payload: unknown, requestId: RequestId, what: string): ResponsePayload {
+  if (!isObject(payload) || !isStatus(payload.status)) {
+    throw new KmsProtocolError("ERR_REPLY_MISMATCH", `${what} has no integer 'status': it is not a KMS reply (a transport may have sent the request back)`);
+  }
+  if (payload.requestId !== requestId) {
+    throw new KmsProtocolError("ERR_REPLY_MISMATCH", `${what} does not echo this request's requestId: it answers another request, or none`);
+  }
+  if ("client" in payload) {
+    throw new KmsProtocolError("ERR_REPLY_MISMATCH", `${what} carries a 'client' member: it is a request, not a KMS reply`);
+  }
+  return payload as ResponsePayload;
+}
+
+/**
+ * A JWS the KMS signed, received for a key agreement: either its reply (bound to `requestId`) or
+ * a JWS error, bound when it carries a requestId (it must be this one), unbound otherwise (see
+ * `KmsClient.request` on that residual limit).
+ */
+function jwsErrorOrReplyFor(payload: unknown, requestId: RequestId): ResponsePayload {
+  if (isObject(payload) && isStatus(payload.status) && payload.status >= 400 && payload.requestId === undefined) {
+    return payload as ResponsePayload;
+  }
+  return replyFor(payload, requestId, "the KMS's signed reply");
+}
+
+/** A JWS received for a common message: only ever an error (status ≥ 400), bound or unbound as above. */
+function jwsErrorFor(payload: unknown, requestId: RequestId): ResponsePayload {
+  const reply = jwsErrorOrReplyFor(payload, requestId);
+  if (reply.status < 400) {
+    throw new KmsProtocolError("ERR_REPLY_MISMATCH", `a signed KMS message with status ${reply.status} came back for a channel request: only errors are signed there`);
+  }
+  return reply;
 }
 
 /** Same public key (JWK members of the key itself, kid/x5c ignored). */

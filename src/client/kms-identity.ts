@@ -1,5 +1,7 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { AsnConvert } from "@peculiar/asn1-schema";
+import { NameConstraints, type GeneralName } from "@peculiar/asn1-x509";
 import { signedBy } from "../protocol/x509-signed-by.js";
 import { calculateJwkThumbprint, type JWK } from "jose";
 
@@ -7,10 +9,14 @@ import { calculateJwkThumbprint, type JWK } from "jose";
  * Client-side authentication of a KMS static key (wire profile §2). ISOMORPHIC: runs unchanged in
  * browsers and Node (WebCrypto via `globalThis.crypto`, no `node:` imports, no `Buffer`).
  *
- * A client accepts the KMS's JWK only if its `x5c` chain verifies up to a configured trust root,
- * every certificate is within its validity period, the leaf's DNS SubjectAltNames cover the domain
- * of the client's own user (RFC 6125 §6 / RFC 9525: DNS-ID only, no CN fallback), no RSA key is
- * below 2048 bits, and the JWK is the leaf's public key.
+ * A client accepts the KMS's JWK only if its `x5c` chain verifies up to a configured trust root
+ * with SHA-2 signatures, every certificate is within its validity period and has no critical
+ * extension the client does not process, every CA's DNS name constraints (RFC 5280 §4.2.1.10)
+ * hold for the certificates below it, the leaf is an end entity fit for a server (not a CA;
+ * KeyUsage, when present, with digitalSignature; ExtendedKeyUsage, when present, with serverAuth
+ * or anyExtendedKeyUsage), the leaf's DNS SubjectAltNames cover the domain of the client's own
+ * user (RFC 6125 §6 / RFC 9525: DNS-ID only, no CN fallback), no RSA key is below 2048 bits, and
+ * the JWK is the leaf's public key.
  */
 
 /** Stable machine codes of {@link KmsIdentityError}. */
@@ -23,7 +29,19 @@ export type KmsIdentityErrorCode =
   | "ERR_KMS_CERT_NAME"
   | "ERR_KMS_CERT_NO_SAN"
   | "ERR_KMS_JWK_MISMATCH"
-  | "ERR_KMS_KEY_TOO_SMALL";
+  | "ERR_KMS_KEY_TOO_SMALL"
+  /** A certificate of the path has a critical extension the client does not process (RFC 5280 §4.2). */
+  | "ERR_KMS_CERT_CRITICAL_EXTENSION"
+  /** A name of a certificate is outside a CA's permitted subtrees, inside its excluded ones, or of a constrained form the client cannot check. */
+  | "ERR_KMS_CERT_NAME_CONSTRAINTS"
+  /** The leaf is a CA certificate (BasicConstraints cA=true). */
+  | "ERR_KMS_CERT_LEAF_CA"
+  /** The leaf's KeyUsage lacks digitalSignature. */
+  | "ERR_KMS_CERT_KEY_USAGE"
+  /** The leaf's ExtendedKeyUsage has neither serverAuth nor anyExtendedKeyUsage. */
+  | "ERR_KMS_CERT_EXT_KEY_USAGE"
+  /** A signature of the path uses SHA-1 (or another hash than SHA-256/384/512). */
+  | "ERR_KMS_CERT_WEAK_SIGNATURE";
 
 /**
  * Why a KMS identity was refused: a stable `code` and a message saying what was expected and what
@@ -126,6 +144,200 @@ function notCaReason(cert: x509.X509Certificate, intermediatesBelow: number): st
   return null;
 }
 
+/**
+ * Extensions this validator processes; any other one marked critical refuses the certificate.
+ * The key identifiers (which RFC 5280 says must not be critical) constrain nothing: understood as
+ * such, as the server's §6 credential check does.
+ */
+const HANDLED_CRITICAL_EXTENSIONS: ReadonlyMap<string, string> = new Map([
+  ["2.5.29.19", "basicConstraints"],
+  ["2.5.29.15", "keyUsage"],
+  ["2.5.29.37", "extendedKeyUsage"],
+  ["2.5.29.17", "subjectAltName"],
+  ["2.5.29.30", "nameConstraints"],
+  ["2.5.29.14", "subjectKeyIdentifier"],
+  ["2.5.29.35", "authorityKeyIdentifier"],
+]);
+const OID_NAME_CONSTRAINTS = "2.5.29.30";
+const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
+const OID_ANY_EXTENDED_KEY_USAGE = "2.5.29.37.0";
+const OID_EMAIL_ADDRESS = "1.2.840.113549.1.9.1";
+
+/** RFC 5280 §4.2: a certificate with a critical extension the client does not process is refused. */
+function checkCriticalExtensions(cert: x509.X509Certificate, where: string): void {
+  for (const ext of cert.extensions) {
+    if (ext.critical && !HANDLED_CRITICAL_EXTENSIONS.has(ext.type)) {
+      throw new KmsIdentityError(
+        "ERR_KMS_CERT_CRITICAL_EXTENSION",
+        `${where} ${subj(cert)} has a critical extension ${ext.type} that this client does not process ` +
+          `(it processes ${[...HANDLED_CRITICAL_EXTENSIONS.values()].join(", ")})`,
+      );
+    }
+  }
+}
+
+/** Hashes accepted in certificate signatures. SHA-1 is broken for signatures (chosen-prefix collisions). */
+const STRONG_SIGNATURE_HASHES = new Set(["SHA-256", "SHA-384", "SHA-512"]);
+
+/**
+ * Refuses a certificate whose signature (made by its issuer) uses SHA-1, MD5 or any hash other
+ * than SHA-256/384/512. EdDSA (no separate hash) passes; an algorithm the library cannot name is
+ * refused too.
+ */
+function checkSignatureHash(cert: x509.X509Certificate, where: string): void {
+  let alg: { name?: string; hash?: string | { name?: string } };
+  try {
+    alg = cert.signatureAlgorithm as typeof alg;
+  } catch {
+    alg = {};
+  }
+  if (alg.name === "Ed25519" || alg.name === "Ed448" || alg.name === "EdDSA") return;
+  const hash = typeof alg.hash === "string" ? alg.hash : alg.hash?.name;
+  if (!hash || !STRONG_SIGNATURE_HASHES.has(hash.toUpperCase())) {
+    throw new KmsIdentityError(
+      "ERR_KMS_CERT_WEAK_SIGNATURE",
+      `${where} ${subj(cert)} is signed with ${alg.name ?? "an unknown algorithm"}${hash ? ` and ${hash}` : ""}; ` +
+        "only SHA-256, SHA-384 or SHA-512 signatures are accepted (SHA-1 is refused)",
+    );
+  }
+}
+
+/**
+ * The leaf must be an end entity a server may use (RFC 5280 §4.2.1.9, §4.2.1.3, §4.2.1.12): not a
+ * CA; a KeyUsage, when present, with digitalSignature (the KMS signs its replies with this key);
+ * an ExtendedKeyUsage, when present, with serverAuth or anyExtendedKeyUsage (which RFC 5280
+ * defines as "no restriction"; the server's own §6 credential check accepts it likewise).
+ */
+function checkLeafUsage(leaf: x509.X509Certificate): void {
+  if (leaf.getExtension(x509.BasicConstraintsExtension)?.ca) {
+    throw new KmsIdentityError("ERR_KMS_CERT_LEAF_CA", `KMS certificate ${subj(leaf)} is a CA certificate (BasicConstraints cA=true); the KMS key must be an end entity's`);
+  }
+  const ku = leaf.getExtension(x509.KeyUsagesExtension);
+  if (ku && !(ku.usages & x509.KeyUsageFlags.digitalSignature)) {
+    throw new KmsIdentityError("ERR_KMS_CERT_KEY_USAGE", `KMS certificate ${subj(leaf)} has a KeyUsage without digitalSignature; the KMS signs with this key`);
+  }
+  const eku = leaf.getExtension(x509.ExtendedKeyUsageExtension);
+  if (eku) {
+    const usages = eku.usages.map(String);
+    if (!usages.includes(OID_SERVER_AUTH) && !usages.includes(OID_ANY_EXTENDED_KEY_USAGE)) {
+      throw new KmsIdentityError(
+        "ERR_KMS_CERT_EXT_KEY_USAGE",
+        `KMS certificate ${subj(leaf)} has an ExtendedKeyUsage [${usages.join(", ")}] without serverAuth (${OID_SERVER_AUTH}) or anyExtendedKeyUsage`,
+      );
+    }
+  }
+}
+
+/** Name forms a constraint may restrict other than dNSName (x509's SAN type names; otherName covers upn and guid). */
+type OtherNameForm = "email" | "ip" | "url" | "dn" | "id" | "otherName";
+
+/** A CA's name constraints, as far as this client processes them. */
+interface DnsNameConstraints {
+  /** dNSName permitted subtrees; undefined when there is none (DNS names are then not restricted). */
+  readonly permitted?: readonly string[];
+  readonly excluded: readonly string[];
+  /** Other name forms constrained (permitted or excluded): rfc822Name, iPAddress, ... */
+  readonly otherForms: ReadonlySet<OtherNameForm>;
+}
+
+const dnsNorm = (name: string) => name.toLowerCase().replace(/\.$/, "");
+
+/** The name constraints of `ca` (undefined when it has none); refuses what cannot be processed. */
+function nameConstraintsOf(ca: x509.X509Certificate, where: string): DnsNameConstraints | undefined {
+  const ext = ca.extensions.find((e) => e.type === OID_NAME_CONSTRAINTS);
+  if (!ext) return undefined;
+  const refuse = (why: string) =>
+    new KmsIdentityError("ERR_KMS_CERT_NAME_CONSTRAINTS", `${where} ${subj(ca)} has name constraints this client cannot process: ${why}`);
+  let nc: NameConstraints;
+  try {
+    nc = AsnConvert.parse(ext.value, NameConstraints);
+  } catch (e) {
+    throw refuse(`they do not parse (${String(e)})`);
+  }
+  const otherForms = new Set<OtherNameForm>();
+  const dns = (subtrees: NameConstraints["permittedSubtrees"]): string[] | undefined => {
+    if (!subtrees) return undefined;
+    const names: string[] = [];
+    for (const { base, minimum, maximum } of subtrees) {
+      // RFC 5280: minimum MUST be zero and maximum MUST be absent.
+      if ((minimum ?? 0) !== 0 || maximum !== undefined) throw refuse("a subtree with minimum or maximum");
+      const form = formOf(base);
+      if (form === "dns") names.push(dnsNorm(base.dNSName!));
+      else if (form === undefined) throw refuse("an x400Address or ediPartyName subtree");
+      else otherForms.add(form);
+    }
+    return names;
+  };
+  const permitted = dns(nc.permittedSubtrees);
+  const excluded = dns(nc.excludedSubtrees) ?? [];
+  return { ...(permitted && permitted.length > 0 ? { permitted } : {}), excluded, otherForms };
+}
+
+function formOf(name: GeneralName): "dns" | OtherNameForm | undefined {
+  if (name.dNSName !== undefined) return "dns";
+  if (name.rfc822Name !== undefined) return "email";
+  if (name.iPAddress !== undefined) return "ip";
+  if (name.uniformResourceIdentifier !== undefined) return "url";
+  if (name.directoryName !== undefined) return "dn";
+  if (name.registeredID !== undefined) return "id";
+  if (name.otherName !== undefined) return "otherName";
+  return undefined;
+}
+
+/**
+ * RFC 5280 §4.2.1.10: is DNS name `name` within the subtree `base`? `host.example.com` covers
+ * itself and every name made by adding labels on the left; `.example.com` (a common form) only
+ * names with at least one label added; the empty base covers every name.
+ */
+function withinDnsSubtree(name: string, base: string): boolean {
+  if (base === "") return true;
+  if (base.startsWith(".")) return name.length > base.length && name.endsWith(base);
+  return name === base || name.endsWith(`.${base}`);
+}
+
+/**
+ * Might a DNS SAN fall inside an excluded subtree? Exactly `withinDnsSubtree`, and for a wildcard
+ * `*.parent` also when the excluded base is one label below `parent` (the wildcard would cover it).
+ */
+function touchesExcluded(name: string, base: string): boolean {
+  if (withinDnsSubtree(name, base)) return true;
+  if (!name.startsWith("*.") || base.startsWith(".")) return false;
+  const parent = name.slice(2);
+  return base.endsWith(`.${parent}`) && !base.slice(0, -parent.length - 1).includes(".");
+}
+
+/** Applies one CA's name constraints to a certificate below it in the path. */
+function checkNameConstraints(constraints: DnsNameConstraints, ca: x509.X509Certificate, caWhere: string, cert: x509.X509Certificate, where: string): void {
+  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
+  const items = san ? san.names.items : [];
+  const dnsNames = items.filter((n) => n.type === "dns").map((n) => dnsNorm(n.value));
+  const fail = (what: string) =>
+    new KmsIdentityError("ERR_KMS_CERT_NAME_CONSTRAINTS", `${where} ${subj(cert)} ${what}, which the name constraints of ${caWhere} ${subj(ca)} forbid`);
+  for (const name of dnsNames) {
+    if (constraints.permitted && !constraints.permitted.some((base) => withinDnsSubtree(name, base))) {
+      throw fail(`names ${name}, outside the permitted DNS subtrees [${constraints.permitted.join(", ")}]`);
+    }
+    const excluded = constraints.excluded.find((base) => touchesExcluded(name, base));
+    if (excluded !== undefined) throw fail(`names ${name}, inside the excluded DNS subtree ${excluded}`);
+  }
+  // A constrained name form that appears below and that this client does not check: refused (RFC 5280 §4.2.1.10).
+  for (const form of constraints.otherForms) {
+    const present =
+      form === "dn"
+        ? cert.subject !== "" || items.some((n) => n.type === "dn")
+        : form === "email"
+          ? items.some((n) => n.type === "email") || cert.subjectName.getField(OID_EMAIL_ADDRESS).length > 0
+          : form === "otherName"
+            ? items.some((n) => n.type === "upn" || n.type === "guid")
+            : items.some((n) => n.type === form);
+    if (present) {
+      throw new KmsIdentityError(
+        "ERR_KMS_CERT_NAME_CONSTRAINTS",
+        `${caWhere} ${subj(ca)} constrains ${form} names, which this client does not check, and ${where} ${subj(cert)} has one`,
+      );
+    }
+  }
+}
 
 function checkValidity(cert: x509.X509Certificate, now: Date): void {
   if (now.getTime() < cert.notBefore.getTime()) {
@@ -174,10 +386,14 @@ function parseTrustRoots(trustRoots: string[]): x509.X509Certificate[] {
 /**
  * Authenticates a KMS static key: verifies the JWK's `x5c` chain (base64 DER, leaf first) up to
  * one of `trustRoots` (PEM, each possibly a bundle), checks validity at `now` (default: current
- * time), CA constraints and RSA >= 2048 bits on every certificate, matches the leaf's DNS SANs
- * against the user's domain (`userDomain` may be `example.com` or `alice@example.com`), and checks
- * that the JWK is the leaf's public key (RFC 7638 thumbprints). The last `x5c` entry may be the
- * trust root itself or be issued by one. Throws {@link KmsIdentityError} on any failure.
+ * time), CA constraints and RSA >= 2048 bits on every certificate, refuses SHA-1 signatures and
+ * unknown critical extensions, enforces the DNS name constraints of every CA of the path (the
+ * trust root's included) on the certificates below it, checks that the leaf is a server end
+ * entity (not a CA; KeyUsage digitalSignature and ExtendedKeyUsage serverAuth when present),
+ * matches the leaf's DNS SANs against the user's domain (`userDomain` may be `example.com` or
+ * `alice@example.com`), and checks that the JWK is the leaf's public key (RFC 7638 thumbprints).
+ * The last `x5c` entry may be the trust root itself or be issued by one. Throws
+ * {@link KmsIdentityError} (a stable `code` per refusal) on any failure.
  *
  * @example
  * const { dnsNames } = await validateKmsIdentity({
@@ -214,10 +430,11 @@ export async function validateKmsIdentity(opts: {
     await checkKeySize(c);
   }
 
-  // 2. Each certificate is issued by the next one, which must be a CA.
+  // 2. Each certificate is issued by the next one, with a SHA-2 signature, which must be a CA.
   for (let i = 0; i + 1 < certs.length; i++) {
     const child = certs[i]!;
     const issuer = certs[i + 1]!;
+    checkSignatureHash(child, `x5c[${i}]`);
     if (!(await signedBy(child, issuer))) {
       throw new KmsIdentityError(
         "ERR_KMS_CERT_CHAIN",
@@ -232,6 +449,8 @@ export async function validateKmsIdentity(opts: {
   const roots = parseTrustRoots(opts.trustRoots);
   let anchor = roots.find((r) => sameBytes(r.rawData, last.rawData));
   if (!anchor) {
+    // The anchor's own (self-)signature is never relied on: it is trusted by configuration.
+    checkSignatureHash(last, `x5c[${certs.length - 1}]`);
     for (const r of roots) {
       if (await signedBy(last, r)) {
         anchor = r;
@@ -250,8 +469,24 @@ export async function validateKmsIdentity(opts: {
     if (why) throw new KmsIdentityError("ERR_KMS_CERT_CHAIN", `trust root ${subj(anchor)} ${why}`);
     checkValidity(anchor, now);
   }
+  // The path, leaf first, ending at the trust anchor; `where` names each certificate in messages.
+  const path = sameBytes(anchor.rawData, last.rawData) ? certs : [...certs, anchor];
+  const where = (i: number) => (i < certs.length ? `x5c[${i}]` : "trust root");
 
-  // 4. The leaf names the user's domain (DNS-ID only, no CN fallback).
+  // 4. No critical extension the client does not process, anywhere in the path.
+  path.forEach((c, i) => checkCriticalExtensions(c, where(i)));
+
+  // 5. The leaf is an end entity for a server.
+  checkLeafUsage(leaf);
+
+  // 6. Every CA's DNS name constraints hold for every certificate below it (leaf and sub-CAs).
+  for (let j = path.length - 1; j >= 1; j--) {
+    const constraints = nameConstraintsOf(path[j]!, where(j));
+    if (!constraints) continue;
+    for (let i = j - 1; i >= 0; i--) checkNameConstraints(constraints, path[j]!, where(j), path[i]!, where(i));
+  }
+
+  // 7. The leaf names the user's domain (DNS-ID only, no CN fallback).
   const domain = toDomain(userDomain);
   const san = leaf.getExtension(x509.SubjectAlternativeNameExtension);
   const dnsNames = san ? san.names.items.filter((n) => n.type === "dns").map((n) => n.value) : [];
@@ -274,7 +509,7 @@ export async function validateKmsIdentity(opts: {
     throw new KmsIdentityError("ERR_KMS_CERT_NAME", `KMS certificate names [${dnsNames.join(", ")}] but ${who} needs a certificate for ${domain}${hint}`);
   }
 
-  // 5. The JWK is the leaf's key.
+  // 8. The JWK is the leaf's key.
   const leafJwk = (await crypto.subtle.exportKey("jwk", await checkKeySize(leaf))) as JWK;
   let jwkThumb: string;
   try {

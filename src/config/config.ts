@@ -96,6 +96,26 @@ function parseXmppService(value: string): { host: string; port: number } | undef
   return port === undefined ? undefined : { host, port };
 }
 
+/**
+ * `corsOrigins` (§3): `*`, or the browser origins allowed, as a comma-separated string or (in
+ * config.json) an array; each an http(s) origin, normalized as browsers send it (`URL.origin`).
+ * An empty array allows no browser origin. Returns the reason when the value is wrong.
+ */
+function parseCorsOrigins(value: string | readonly string[]): { origins: "*" | string[] } | { error: string } {
+  const items = (typeof value === "string" ? value.split(",") : value).map((s) => s.trim());
+  if (typeof value === "string" && items.length === 1 && items[0] === "") return { error: 'must not be empty (use "*", or an array in config.json; [] allows no browser origin)' };
+  if (items.includes("*")) return items.length === 1 ? { origins: "*" } : { error: '"*" cannot be combined with origins' };
+  const origins: string[] = [];
+  for (const item of items) {
+    if (item === "") return { error: "the list has an empty entry" };
+    const url = parseHttpUrl(item);
+    const isOrigin = url !== undefined && url.username === "" && url.password === "" && url.pathname === "/" && url.search === "" && url.hash === "" && !item.endsWith("?") && !item.endsWith("#");
+    if (!isOrigin) return { error: 'expected "*" or http(s) origins such as https://app.example.com (no path)' };
+    origins.push(url.origin);
+  }
+  return { origins };
+}
+
 /** A store location, parsed from `storeUrl`. */
 type ParsedStoreUrl = { kind: "sqlite"; path: string } | { kind: "postgres"; url: string };
 
@@ -213,12 +233,22 @@ export const configSchema = z.strictObject({
   ephemeralKeyLifetime: intIn(1).default(3600),
   gmbcReaders: z.enum(["members", "members-and-former"], { error: 'must be "members" or "members-and-former"' }).default("members"),
   trustRoots: nonEmpty().optional(),
+  corsOrigins: z
+    .union([z.string(), z.array(z.string())], { error: 'must be "*", a comma-separated list of origins, or an array of origins' })
+    .superRefine((v, ctx) => {
+      const r = parseCorsOrigins(v);
+      if ("error" in r) ctx.addIssue({ code: "custom", message: r.error });
+    })
+    .default("*"),
   maxMessageBytes: intIn(1).default(1_048_576),
   maxBatchMessages: intIn(1).default(50),
   maxInFlight: intIn(1).default(4096),
   maxEventLoopLag: intIn(0, 60_000).default(100),
+  bodyReadTimeout: intIn(1, 300).default(10),
   maxBlocksPerAppend: intIn(1).default(100),
   maxOperationsPerBlock: intIn(1).default(10_000),
+  maxKeysPerEntity: intIn(1).default(16),
+  maxSignatureChecksPerAppend: intIn(1).default(200),
   clockSkew: intIn(0).default(300),
   workers: intIn(1).optional(),
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` }).default("info"),
@@ -304,12 +334,16 @@ export const CONFIG_KEYS = {
   ephemeralKeyLifetime: { env: "KEYWARD_EPHEMERAL_KEY_LIFETIME", envType: "integer", required: false, default: "3600", description: "Lifetime in seconds of ephemeral (ECDHE) keys, at least 1." },
   gmbcReaders: { env: "KEYWARD_GMBC_READERS", envType: "string", required: false, default: "members", description: "Who may read a group's membership chain: `members` or `members-and-former`." },
   trustRoots: { env: "KEYWARD_TRUST_ROOTS", envType: "string", required: false, default: undefined, description: "PEM bundle of trust roots (path relative to the data directory)." },
+  corsOrigins: { env: "KEYWARD_CORS_ORIGINS", envType: "string", required: false, default: "*", description: "Browser origins allowed by CORS and at the WebSocket upgrade: `*`, or a comma-separated list of http(s) origins (an array in config.json; `[]` allows none). Every KMS message authenticates in-band, so this only restricts which web pages may call the KMS." },
   maxMessageBytes: { env: "KEYWARD_MAX_MESSAGE_BYTES", envType: "integer", required: false, default: "1048576", description: "Largest request message accepted, in bytes." },
   maxBatchMessages: { env: "KEYWARD_MAX_BATCH_MESSAGES", envType: "integer", required: false, default: "50", description: "Most messages accepted in one batch." },
-  maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Messages in progress (per process) above which new ones are shed with HTTP 429." },
+  maxInFlight: { env: "KEYWARD_MAX_IN_FLIGHT", envType: "integer", required: false, default: "4096", description: "Requests in progress (per process; counted once their body has arrived) above which new ones are shed with HTTP 429." },
   maxEventLoopLag: { env: "KEYWARD_MAX_EVENT_LOOP_LAG", envType: "integer", required: false, default: "100", description: "Event-loop lag in milliseconds above which new messages are shed with HTTP 429 (0 = never)." },
+  bodyReadTimeout: { env: "KEYWARD_BODY_READ_TIMEOUT", envType: "integer", required: false, default: "10", description: "Seconds a client may take to send a request body (1–300); then HTTP 408 and the connection is closed. Request headers get the same time, at most 10 s." },
   maxBlocksPerAppend: { env: "KEYWARD_MAX_BLOCKS_PER_APPEND", envType: "integer", required: false, default: "100", description: "Most blocks accepted in one append." },
   maxOperationsPerBlock: { env: "KEYWARD_MAX_OPERATIONS_PER_BLOCK", envType: "integer", required: false, default: "10000", description: "Most operations accepted in one block." },
+  maxKeysPerEntity: { env: "KEYWARD_MAX_KEYS_PER_ENTITY", envType: "integer", required: false, default: "16", description: "Most unrevoked device keys one entity may register (§10)." },
+  maxSignatureChecksPerAppend: { env: "KEYWARD_MAX_SIGNATURE_CHECKS_PER_APPEND", envType: "integer", required: false, default: "200", description: "Most signature verifications one append may cost; blocks without 'kid' cost one per key of their creator (§10)." },
   clockSkew: { env: "KEYWARD_CLOCK_SKEW", envType: "integer", required: false, default: "300", description: "Tolerated clock skew in seconds for client-supplied timestamps." },
   workers: { env: "KEYWARD_WORKERS", envType: "integer", required: false, default: undefined, description: "Number of worker processes (positive integer); unset lets the server choose." },
   logLevel: { env: "KEYWARD_LOG_LEVEL", envType: "string", required: false, default: "info", description: `Log level: ${LOG_LEVELS.join(", ")}.` },
@@ -469,12 +503,18 @@ export interface KeywardConfig {
   readonly gmbcReaders: "members" | "members-and-former";
   /** Absolute path. */
   readonly trustRoots?: string;
+  /** `*`, or the allowed browser origins, normalized (`https://app.example.com`). */
+  readonly corsOrigins: "*" | readonly string[];
   readonly maxMessageBytes: number;
   readonly maxBatchMessages: number;
   readonly maxInFlight: number;
   readonly maxEventLoopLag: number;
+  /** Seconds, 1–300. */
+  readonly bodyReadTimeout: number;
   readonly maxBlocksPerAppend: number;
   readonly maxOperationsPerBlock: number;
+  readonly maxKeysPerEntity: number;
+  readonly maxSignatureChecksPerAppend: number;
   readonly clockSkew: number;
   readonly workers?: number;
   readonly logLevel: (typeof LOG_LEVELS)[number];
@@ -669,12 +709,16 @@ export function resolveConfig(
     ephemeralKeyLifetime: v.ephemeralKeyLifetime,
     gmbcReaders: v.gmbcReaders,
     ...(v.trustRoots !== undefined && { trustRoots: resolvePath(dir, v.trustRoots) }),
+    corsOrigins: (parseCorsOrigins(v.corsOrigins) as { origins: "*" | string[] }).origins,
     maxMessageBytes: v.maxMessageBytes,
     maxBatchMessages: v.maxBatchMessages,
     maxInFlight: v.maxInFlight,
     maxEventLoopLag: v.maxEventLoopLag,
+    bodyReadTimeout: v.bodyReadTimeout,
     maxBlocksPerAppend: v.maxBlocksPerAppend,
     maxOperationsPerBlock: v.maxOperationsPerBlock,
+    maxKeysPerEntity: v.maxKeysPerEntity,
+    maxSignatureChecksPerAppend: v.maxSignatureChecksPerAppend,
     clockSkew: v.clockSkew,
     ...(v.workers !== undefined && { workers: v.workers }),
     logLevel: v.logLevel,
@@ -729,8 +773,9 @@ export function loadConfig(dataDir: string, env: Record<string, string | undefin
 }
 
 /**
- * Writes `<dataDir>/config.json` (pretty-printed, mode 0644) with exactly the given keys, replacing
- * the file atomically. Keys whose value is `undefined` are left out. Unknown keys and invalid values
+ * Writes `<dataDir>/config.json` (pretty-printed, mode 0600: it may hold `oauthClientSecret` and a
+ * `storeUrl` with a password) with exactly the given keys, replacing the file atomically, so a
+ * rewrite also narrows the mode of an older 0644 file. Keys whose value is `undefined` are left out. Unknown keys and invalid values
  * are refused with a {@link ConfigError}; the master key is not a configuration key and so can never
  * be written. The data directory must exist.
  *
@@ -758,8 +803,10 @@ export function writeConfigFile(dataDir: string, values: Partial<ConfigFileValue
   const file = join(resolve(dataDir), CONFIG_FILE);
   const tmp = `${file}.${process.pid}.tmp`;
   try {
-    writeFileSync(tmp, JSON.stringify(out, null, 2) + "\n", { mode: 0o644 });
-    chmodSync(tmp, 0o644);
+    // A fresh file ("wx"), created 0600: a stale temp file of another mode is never reused.
+    rmSync(tmp, { force: true });
+    writeFileSync(tmp, JSON.stringify(out, null, 2) + "\n", { mode: 0o600, flag: "wx" });
+    chmodSync(tmp, 0o600);
     renameSync(tmp, file);
   } catch (e) {
     rmSync(tmp, { force: true });

@@ -4,6 +4,7 @@ import { unauthorized } from "../protocol/errors.js";
 import { normalizeEntity } from "../protocol/entity.js";
 import type { AuthenticatedIdentity } from "./authenticator.js";
 import { JwksCache, JwksUnavailableError } from "./jwks-cache.js";
+import { echo } from "../protocol/echo.js";
 
 /** §6: asymmetric algorithms only; HMAC and `none` can never verify an access token here. */
 export const ACCESS_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"];
@@ -107,7 +108,7 @@ export class BearerJwtValidator {
 /** A reason that helps the caller without echoing the token. */
 function describeJoseError(e: unknown): string {
   if (e instanceof joseErrors.JWTExpired) return "token has expired";
-  if (e instanceof joseErrors.JWTClaimValidationFailed) return `claim '${e.claim}' ${e.reason === "check_failed" ? "is not accepted" : e.reason}`;
+  if (e instanceof joseErrors.JWTClaimValidationFailed) return `claim '${echo(e.claim)}' ${e.reason === "check_failed" ? "is not accepted" : e.reason}`;
   if (e instanceof joseErrors.JOSEAlgNotAllowed) return "signature algorithm is not accepted (asymmetric algorithms only)";
   if (e instanceof joseErrors.JWSSignatureVerificationFailed) return "signature does not verify";
   if (e instanceof joseErrors.JWKSNoMatchingKey) return "signed by a key the identity provider does not publish";

@@ -6,6 +6,7 @@ import { calculateJwkThumbprint, compactVerify, decodeProtectedHeader, type JWK 
 import { unauthorized } from "../protocol/errors.js";
 import type { AuthenticatedIdentity } from "./authenticator.js";
 import type { CertificateCredentialVerifier } from "./credential-authenticator.js";
+import { echo } from "../protocol/echo.js";
 
 /**
  * Certificate credentials (wire profile §6, docs/certificate-credentials.md): a request credential
@@ -122,7 +123,7 @@ const PROCESSED_EXTENSIONS = new Set([
 const PROOF_ALGORITHMS: Readonly<Record<string, string[]>> = { EC: ["ES256"], RSA: ["RS256", "PS256"] };
 
 const refuse = unauthorized;
-const subj = (c: x509.X509Certificate) => `"${c.subject}"`;
+const subj = (c: x509.X509Certificate) => `"${echo(c.subject)}"`;
 
 /** Parses the configured PEM bundle; no certificate, a broken one or a non-CA is a startup error. */
 function parseTrustRoots(pem: string): x509.X509Certificate[] {
@@ -280,7 +281,7 @@ async function validatePath(x5c: string[], roots: readonly x509.X509Certificate[
   }
   const host = first.toLowerCase().replace(/\.$/, "");
   if (!/^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/.test(host)) {
-    throw refuse(`the first DNS SubjectAltName of ${subj(leaf)} ('${first.slice(0, 64)}') is not a host name (wildcards are not accepted as an entity)`, "ERR_CERT_NO_DNS_SAN");
+    throw refuse(`the first DNS SubjectAltName of ${subj(leaf)} ('${echo(first)}') is not a host name (wildcards are not accepted as an entity)`, "ERR_CERT_NO_DNS_SAN");
   }
 
   const all = [...path, anchor];

@@ -4,6 +4,9 @@ export const CONTENT_ENCRYPTION = "A256GCM";
 export const JOSE_CONTENT_TYPE = "application/jose";
 export const WELL_KNOWN_KMS_PATH = "/.well-known/kms";
 export const MESSAGES_PATH = "/kms/messages";
+/** §3: the WebSocket binding's upgrade path and subprotocol. */
+export const WEBSOCKET_PATH = "/kms/ws";
+export const WEBSOCKET_SUBPROTOCOL = "keyward.kms.v1";
 /** §7: the WebFinger link relation that points at an entity's key set. */
 export const REL_ENTITY_KEYS = "urn:x-keyward:rel:entity-keys";
 

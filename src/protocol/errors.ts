@@ -23,3 +23,11 @@ export const forbidden = (reason: string, code = "ERR_FORBIDDEN") => new KmsErro
 export const notFound = (reason: string, code = "ERR_NOT_FOUND") => new KmsError(404, code, reason);
 export const methodNotAllowed = (reason: string, code = "ERR_METHOD_NOT_ALLOWED") => new KmsError(405, code, reason);
 export const conflict = (reason: string, code = "ERR_CONFLICT") => new KmsError(409, code, reason);
+/**
+ * §3 (`/readyz`: store reachable): the store cannot be reached or cannot write right now. A
+ * condition of the deployment, not of the request: the client may retry later.
+ *
+ * @example
+ * throw storeUnavailable(); // status 503, reason "store unavailable"
+ */
+export const storeUnavailable = () => new KmsError(503, "ERR_STORE_UNAVAILABLE", "store unavailable");

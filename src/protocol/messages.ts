@@ -1,6 +1,7 @@
 import { badRequest, unauthorized } from "./errors.js";
 import { METHOD_ALIASES, METHODS, type Method } from "./constants.js";
 import type { JWK } from "jose";
+import { echo } from "./echo.js";
 
 /** A requestId is echoed verbatim and compared as a JSON value: 7 and "7" differ (§4). */
 export type RequestId = string | number;
@@ -34,11 +35,28 @@ export interface ResponsePayload {
 const isObject = (v: unknown): v is Record<string, unknown> =>
   typeof v === "object" && v !== null && !Array.isArray(v);
 
-/** The requestId of a payload when it has a usable one: used to echo it even in refusals. */
+/** §10: the longest requestId and clientId accepted, in characters (code points). */
+export const MAX_ID_CHARS = 256;
+
+/** At most `max` characters, counted as code points (so 256 emoji pass, 257 do not). */
+function withinChars(text: string, max: number): boolean {
+  if (text.length <= max) return true;
+  if (text.length > 2 * max) return false;
+  let count = 0;
+  for (const _ of text) if (++count > max) return false;
+  return true;
+}
+
+/**
+ * The requestId of a payload when it has a usable one (§10: a string of at most 256 characters or
+ * a safe integer): used to echo it even in refusals. Anything else is `undefined`, so a refused
+ * requestId is never echoed, nor kept as a replay record.
+ */
 export function requestIdOf(payload: unknown): RequestId | undefined {
   if (!isObject(payload)) return undefined;
   const id = payload.requestId;
-  return typeof id === "string" || (typeof id === "number" && Number.isFinite(id)) ? id : undefined;
+  if (typeof id === "string") return withinChars(id, MAX_ID_CHARS) ? id : undefined;
+  return Number.isSafeInteger(id) ? (id as number) : undefined;
 }
 
 /**
@@ -56,12 +74,15 @@ export function parseRequest(payload: unknown): RequestPayload {
   if (typeof client.clientId !== "string") {
     throw badRequest("field 'client.clientId' is required and must be a string", "ERR_FIELD");
   }
+  if (!withinChars(client.clientId, MAX_ID_CHARS)) {
+    throw badRequest(`field 'client.clientId' is longer than ${MAX_ID_CHARS} characters`, "ERR_FIELD");
+  }
   if (requestIdOf(p) === undefined) {
-    throw badRequest("field 'requestId' is required and must be a string or a number", "ERR_FIELD");
+    throw badRequest(`field 'requestId' is required and must be a string of at most ${MAX_ID_CHARS} characters or a safe integer`, "ERR_FIELD");
   }
   if (typeof p.method !== "string") throw badRequest("field 'method' is required and must be a string", "ERR_FIELD");
   const method = normalizeMethod(p.method);
-  if (method === undefined) throw badRequest(`field 'method' has an unknown value '${p.method.slice(0, 32)}'`, "ERR_METHOD");
+  if (method === undefined) throw badRequest(`field 'method' has an unknown value '${echo(p.method)}'`, "ERR_METHOD");
   if (typeof p.uri !== "string" || p.uri.length === 0) {
     throw badRequest("field 'uri' is required and must be a string", "ERR_FIELD");
   }

@@ -18,6 +18,9 @@ export interface CoreSettings {
   /** §10 limits. */
   readonly maxBlocksPerAppend: number;
   readonly maxOperationsPerBlock: number;
+  /** §10: unrevoked keys per entity, and signature checks one append may cost. */
+  readonly maxKeysPerEntity: number;
+  readonly maxSignatureChecksPerAppend: number;
   /** §9: the KMS-wide membership policy for fetching bound GKs. */
   readonly policy: 1 | 2 | 3;
   /** §8: who may read a chain. */

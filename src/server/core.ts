@@ -1,13 +1,25 @@
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
-import { badRequest, conflict, forbidden, KmsError, unauthorized } from "../protocol/errors.js";
+import { badRequest, conflict, forbidden, KmsError, storeUnavailable, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules, inspectCompact } from "../protocol/jose/compact.js";
 import { openCommonMessage, sealCommonMessage } from "./channel-codec.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId } from "../protocol/messages.js";
 import { resolveUri } from "../protocol/uri.js";
-import type { ChannelRecord } from "../store/store.js";
+import { StoreUnavailableError, type ChannelRecord } from "../store/store.js";
 import type { CoreServices } from "./context.js";
 import { createEphemeralKey, KeyAgreementError } from "./key-agreement.js";
 import { route } from "./router.js";
+
+/** The collections an operation label may name; any other path is "other". */
+const LABELLED_COLLECTIONS = new Set(["ping", "ecdhe", "entities", "blocks", "gks"]);
+
+/**
+ * The operation as metrics and logs name it: the method and the first path segment, but only from
+ * a fixed set, since the path is the requester's choice (an unbounded label would grow the metrics
+ * registry without end, and a long one would be written into every log line).
+ */
+function operationLabel(method: string, collection: string | undefined): string {
+  return `${method} ${collection !== undefined && LABELLED_COLLECTIONS.has(collection) ? collection : "other"}`;
+}
 
 /** A reply to send on a live channel: a common message on that channel's key. */
 class ChannelReply extends Error {
@@ -85,6 +97,7 @@ export class KmsCore {
     }
 
     let op = "channel";
+    let counted = false;
     try {
       try {
         checkCommonHeaderRules(header);
@@ -115,11 +128,12 @@ export class KmsCore {
         }
         const request = parseRequest(payload);
         const target = resolveUri(request.uri, settings.authority);
-        op = `${request.method} ${target.segments[0] ?? "/"}`;
+        op = operationLabel(request.method, target.foreign ? undefined : target.segments[0]);
         const recorded = await store.recordChannelMessage(channel.uri, JSON.stringify(request.requestId), settings.channelMessageLimit);
         if (recorded === "replay") throw conflict("requestId already used on this channel: replay refused", "ERR_REPLAY");
         if (recorded === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), requestId, op);
         if (recorded === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), requestId, op);
+        counted = recorded === "recorded";
 
         const handler = await route(this.services, target, request.method);
         const result = await handler({ services: this.services, request, identity, target, channel });
@@ -130,6 +144,18 @@ export class KmsCore {
       }
     } catch (e) {
       if (!(e instanceof ChannelReply)) throw e;
+      // Every reply encrypted under the channel's key counts toward its limit (§5), refusals
+      // included: whoever has seen the kid could otherwise obtain encryptions under it without end.
+      if (!counted) {
+        let outcome;
+        try {
+          outcome = await store.countChannelMessage(channel.uri, settings.channelMessageLimit);
+        } catch (err) {
+          return this.jwsError(err, undefined, op);
+        }
+        if (outcome === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), e.requestId, op);
+        if (outcome === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), e.requestId, op);
+      }
       this.observe({ op, status: e.error.status, form: "jwe", reason: e.error.reason });
       const body = { status: e.error.status, reason: e.error.reason, ...(e.requestId !== undefined ? { requestId: e.requestId } : {}) };
       return sealCommonMessage(key, channel.uri, body);
@@ -169,6 +195,11 @@ export class KmsCore {
   }
 
   private internal(e: unknown, op: string): KmsError {
+    if (e instanceof StoreUnavailableError) {
+      // One line per failed request: the store's code and message, never the request.
+      this.services.logger.warn({ op, store: e.logFields() }, "store unavailable");
+      return storeUnavailable();
+    }
     // Log the failure's kind and message, never the request (it may carry tokens or keys).
     this.services.logger.error({ op, err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, "internal error");
     return new KmsError(500, "ERR_INTERNAL", "internal error");

@@ -26,6 +26,25 @@ export function kmsDiscoveryDocument(authority: string, staticKey: StaticKey): R
   };
 }
 
+/** A Host header value: a DNS name, IPv4 address or bracketed IPv6 address, with an optional port. */
+const HOST_HEADER_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)(?::\d{1,5})?$/;
+
+/**
+ * The origin a request came to (§3's default when `publicUrl` is unset): `http://` + its Host
+ * header when that is a well-formed `host[:port]`, else the local address of the connection. A
+ * Host header cannot thus put a path, credentials or markup into an absolute URL; it can still name
+ * any host, which is why `keyward serve` warns when `publicUrl` is unset.
+ *
+ * @example
+ * requestOrigin(req) // "http://kms.example.com:8484"
+ */
+export function requestOrigin(req: IncomingMessage): string {
+  const host = req.headers.host;
+  if (host !== undefined && HOST_HEADER_RE.test(host)) return `http://${host.toLowerCase()}`;
+  const address = req.socket.localAddress ?? "127.0.0.1";
+  return `http://${address.includes(":") ? `[${address}]` : address}:${req.socket.localPort ?? 80}`;
+}
+
 /**
  * Unauthenticated key discovery for other domains (§7): WebFinger (RFC 7033) pointing at an
  * entity's JWKS on this KMS's HTTP origin. Only entities of this KMS's domain, and only those with
@@ -43,7 +62,10 @@ export function discoveryRoutes(opts: { store: Store; domain: string; publicUrl?
   };
   const send = (res: ServerResponse, status: number, type: string, body: unknown) => {
     const text = JSON.stringify(body);
-    res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(text), "access-control-allow-origin": "*" });
+    // no-store: without publicUrl the WebFinger href comes from the request's Host header, so a
+    // shared cache must never hand one client's answer to another (cache poisoning). CORS headers
+    // are the HTTP binding's (corsOrigins, §3), set before this route runs.
+    res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(text), "cache-control": "no-store" });
     res.end(text);
   };
 
@@ -56,7 +78,7 @@ export function discoveryRoutes(opts: { store: Store; domain: string; publicUrl?
         send(res, 404, "application/json", { error: "no such entity with keys here" });
         return true;
       }
-      const origin = opts.publicUrl ?? `http://${req.headers.host ?? "localhost"}`;
+      const origin = opts.publicUrl ?? requestOrigin(req);
       send(res, 200, "application/jrd+json", {
         subject: `acct:${found.entity}`,
         links: [{ rel: REL_ENTITY_KEYS, type: "application/jwk-set+json", href: `${origin}/entities/${encodeURIComponent(found.entity)}/jwks` }],

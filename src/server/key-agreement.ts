@@ -1,13 +1,15 @@
 import { createHash, createPublicKey, randomUUID } from "node:crypto";
 import { base64url } from "jose";
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
-import { badRequest, conflict, KmsError, methodNotAllowed, notFound, unauthorized } from "../protocol/errors.js";
+import { badRequest, conflict, KmsError, methodNotAllowed, notFound, storeUnavailable, unauthorized } from "../protocol/errors.js";
 import { checkCommonHeaderRules } from "../protocol/jose/compact.js";
 import { importClientEcdhKey, serverEcdhe } from "./ecdhe-node-crypto.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId, type RequestPayload } from "../protocol/messages.js";
 import type { AuthenticatedIdentity } from "../identity/authenticator.js";
 import { objectUri, resolveUri } from "../protocol/uri.js";
 import type { CoreServices } from "./context.js";
+import { echo } from "../protocol/echo.js";
+import { StoreUnavailableError } from "../store/store.js";
 
 /** Thrown inside key agreement: every error there is a JWS error (§4), with the requestId once known. */
 export class KeyAgreementError extends Error {
@@ -44,6 +46,11 @@ export async function createEphemeralKey(services: CoreServices, message: string
   }
   const requestId = requestIdOf(payload);
   const fail = (e: unknown): never => {
+    if (e instanceof StoreUnavailableError) {
+      // Not the client's fault: 503, not "authentication failed". Logged here, once, without the request.
+      services.logger.warn({ op: "ecdhe.create", store: e.logFields() }, "store unavailable");
+      throw new KeyAgreementError(storeUnavailable(), requestId);
+    }
     throw new KeyAgreementError(e instanceof KmsError ? e : unauthorized("authentication failed"), requestId);
   };
 
@@ -68,11 +75,11 @@ export async function createEphemeralKey(services: CoreServices, message: string
 
   try {
     const target = resolveUri(request.uri, settings.authority);
-    if (target.foreign) throw notFound(`${request.uri} names another KMS`, "ERR_FOREIGN_AUTHORITY");
+    if (target.foreign) throw notFound(`${echo(request.uri)} names another KMS`, "ERR_FOREIGN_AUTHORITY");
     if (target.path !== "/ecdhe") {
       throw badRequest("only 'create /ecdhe' may be encrypted to the KMS static key; other requests go on a channel", "ERR_STATIC_KEY_MISUSE");
     }
-    if (request.method !== "create") throw methodNotAllowed(`'${request.method}' is not supported on /ecdhe`);
+    if (request.method !== "create") throw methodNotAllowed(`'${echo(request.method)}' is not supported on /ecdhe`);
     const client = importClientEcdhKey(request.jwk, "jwk");
     const clientKeyThumbprint = jwkThumbprintEcP256(client.jwk.x, client.jwk.y);
 
@@ -119,7 +126,7 @@ function checkStaticHeader(header: Readonly<Record<string, unknown>>, allowed: r
     const alg = header.alg as string;
     if (alg === "dir") throw badRequest("'dir' is only for common messages on a channel", "ERR_ALG");
     if (!allowed.includes(alg)) {
-      throw badRequest(`algorithm '${alg}' does not match the KMS static key (accepted: ${allowed.join(", ")})`, "ERR_ALG");
+      throw badRequest(`algorithm '${echo(alg)}' does not match the KMS static key (accepted: ${allowed.join(", ")})`, "ERR_ALG");
     }
     if (header.enc !== CONTENT_ENCRYPTION) throw badRequest(`content encryption must be ${CONTENT_ENCRYPTION}`, "ERR_ENC");
   } catch (e) {

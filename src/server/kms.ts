@@ -1,10 +1,13 @@
-import http from "node:http";
+import type http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { Counter, Registry, collectDefaultMetrics } from "prom-client";
 import type { Authenticator } from "../identity/authenticator.js";
 import type { Store } from "../store/store.js";
-import { createHttpHandler } from "../transport/http/http-binding.js";
+import { CorsPolicy, type CorsOrigins } from "../transport/http/cors.js";
+import { createHttpHandler, DEFAULT_BODY_READ_TIMEOUT_MS } from "../transport/http/http-binding.js";
+import { createHttpServer, defaultHttpServerLimits } from "../transport/http/http-server.js";
+import { WsBinding } from "../transport/ws/ws-binding.js";
 import { EventLoopLag } from "../transport/http/event-loop-lag.js";
 import { Barrier } from "./barrier/barrier.js";
 import type { CoreSettings } from "./context.js";
@@ -27,8 +30,12 @@ export interface KmsOptions {
     readonly maxInFlight?: number;
     /** Event-loop lag (ms) above which new messages are shed with 429; 0 = never (default 100). */
     readonly maxEventLoopLagMs?: number;
+    /** Seconds a client may take to send a request body (then HTTP 408); default 10. */
+    readonly bodyReadTimeoutSeconds?: number;
     /** The public HTTP origin, for absolute URLs (§3); default: the origin a request came to. */
     readonly publicUrl?: string;
+    /** Browser origins allowed (CORS and the WebSocket Origin check, §3); default `*`. */
+    readonly corsOrigins?: CorsOrigins;
   };
   readonly store: Store;
   readonly masterKey: Uint8Array;
@@ -64,6 +71,7 @@ export class Kms {
   private server?: http.Server;
   private purgeTimer?: NodeJS.Timeout;
   private lag?: EventLoopLag;
+  private ws?: WsBinding;
   private readonly links: KmsLink[] = [];
 
   private constructor(
@@ -121,9 +129,7 @@ export class Kms {
   /** The Node request listener of the HTTP binding. */
   httpListener(): http.RequestListener {
     const { settings, store } = this.options;
-    const maxLag = settings.maxEventLoopLagMs ?? DEFAULT_MAX_EVENT_LOOP_LAG_MS;
-    if (maxLag > 0 && !this.lag) this.lag = new EventLoopLag().start();
-    const lag = this.lag;
+    const overloaded = this.overloadSignal();
     return createHttpHandler({
       handle: (m) => this.core.handle(m),
       wellKnown: () => this.wellKnown(),
@@ -135,19 +141,71 @@ export class Kms {
       maxMessageBytes: settings.maxMessageBytes,
       maxBatchMessages: settings.maxBatchMessages,
       maxInFlight: settings.maxInFlight ?? 4096,
-      ...(lag ? { overloaded: () => lag.currentMs() > maxLag } : {}),
+      bodyReadTimeoutMs: this.bodyReadTimeoutMs(),
+      ...(overloaded ? { overloaded } : {}),
+      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
       extraRoutes: discoveryRoutes({ store, domain: settings.domain, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
   }
 
+  private bodyReadTimeoutMs(): number {
+    const seconds = this.options.settings.bodyReadTimeoutSeconds;
+    return seconds === undefined ? DEFAULT_BODY_READ_TIMEOUT_MS : seconds * 1000;
+  }
+
+  /**
+   * The HTTP server of this KMS, built once (not listening until {@link listen}): the one place
+   * with its connection limits, where other bindings on the same listener attach (`upgrade`).
+   */
+  httpServer(): http.Server {
+    this.server ??= createHttpServer(this.httpListener(), defaultHttpServerLimits(this.bodyReadTimeoutMs()));
+    return this.server;
+  }
+
+  /**
+   * The WebSocket binding (§3), for the HTTP server's `upgrade` event. One per KMS; listen()
+   * attaches it, close() closes its connections.
+   *
+   * @example
+   * server.on("upgrade", (req, socket, head) => kms.wsBinding().handleUpgrade(req, socket, head));
+   */
+  wsBinding(): WsBinding {
+    const { settings } = this.options;
+    const overloaded = this.overloadSignal();
+    this.ws ??= new WsBinding({
+      handle: (m) => this.core.handle(m),
+      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
+      maxMessageBytes: settings.maxMessageBytes,
+      ...(overloaded ? { overloaded } : {}),
+      registry: this.registry,
+      logger: this.options.logger,
+    });
+    return this.ws;
+  }
+
+  /** True while the event loop lags past `maxEventLoopLagMs` (shared by the bindings); undefined when shedding is off. */
+  private overloadSignal(): (() => boolean) | undefined {
+    const maxLag = this.options.settings.maxEventLoopLagMs ?? DEFAULT_MAX_EVENT_LOOP_LAG_MS;
+    if (maxLag <= 0) return undefined;
+    this.lag ??= new EventLoopLag().start();
+    const lag = this.lag;
+    return () => lag.currentMs() > maxLag;
+  }
+
   async listen(host: string, port: number): Promise<{ url: string; port: number }> {
-    const server = http.createServer({ keepAliveTimeout: 65_000 }, this.httpListener());
-    this.server = server;
+    const server = this.httpServer();
+    const ws = this.wsBinding();
+    server.on("upgrade", (req, socket, head) => ws.handleUpgrade(req, socket, head));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(port, host, () => resolve());
     });
-    this.purgeTimer = setInterval(() => void this.purgeExpiredChannels(), 10 * 60 * 1000);
+    // A store that is down at purge time must not turn into an unhandled rejection (a crash).
+    this.purgeTimer = setInterval(() => {
+      this.purgeExpiredChannels().catch((e: unknown) =>
+        this.options.logger.warn({ err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, "purging expired channels failed"),
+      );
+    }, 10 * 60 * 1000);
     this.purgeTimer.unref();
     const address = server.address() as AddressInfo;
     const h = address.family === "IPv6" ? `[${address.address}]` : address.address;
@@ -164,6 +222,8 @@ export class Kms {
     for (const link of this.links.splice(0)) await link.close();
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     this.lag?.stop();
+    // Upgraded sockets hold server.close() open: the WebSocket binding closes them first.
+    await this.ws?.close();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {

@@ -9,6 +9,7 @@ import { createChain } from "./handlers/gmbc-genesis.js";
 import { getChain } from "./handlers/gmbc-get.js";
 import { bindGk, createGk, getGk } from "./handlers/gk.js";
 import { ping } from "./handlers/ping.js";
+import { echo } from "../protocol/echo.js";
 
 interface Route {
   /** Path segments; ":id" matches any one segment. */
@@ -50,14 +51,14 @@ const routes: readonly Route[] = [
 ];
 
 export async function route(services: CoreServices, target: ResolvedUri, method: Method): Promise<Handler> {
-  if (target.foreign) throw notFound(`${target.path} names another KMS`, "ERR_FOREIGN_AUTHORITY");
+  if (target.foreign) throw notFound(`${echo(target.path)} names another KMS`, "ERR_FOREIGN_AUTHORITY");
   for (const { pattern, methods, exists } of routes) {
     if (pattern.length !== target.segments.length) continue;
     if (!pattern.every((p, i) => p === ":id" || p === target.segments[i])) continue;
     const handler = methods[method];
     if (handler) return handler;
-    if (exists && !(await exists(services, target))) throw notFound(`nothing at ${target.path}`, "ERR_NOT_FOUND");
-    throw methodNotAllowed(`'${method}' is not supported on ${target.path}`, "ERR_METHOD_NOT_ALLOWED");
+    if (exists && !(await exists(services, target))) throw notFound(`nothing at ${echo(target.path)}`, "ERR_NOT_FOUND");
+    throw methodNotAllowed(`'${method}' is not supported on ${echo(target.path)}`, "ERR_METHOD_NOT_ALLOWED");
   }
-  throw notFound(`nothing at ${target.path}`, "ERR_NOT_FOUND");
+  throw notFound(`nothing at ${echo(target.path)}`, "ERR_NOT_FOUND");
 }

@@ -5,6 +5,38 @@
  * Nothing secret reaches a store in the clear: fields named `sealed*` hold barrier ciphertext
  * (src/server/barrier), and the store never sees the keys that open them.
  */
+/** What became of a key registration (see Store.registerEntityKey). */
+export type RegisterKeyOutcome = "registered" | "duplicate" | "limit";
+
+/**
+ * The store cannot be reached or cannot write right now (connection refused, reset or timed out,
+ * the server shutting down, a read-only or full disk, a lock held past its timeout): a condition
+ * of the deployment, not of the request, that may pass. Each store classifies its driver's errors
+ * into this one type; the core answers it with 503 "store unavailable" (PROTOCOL.md §3, `/readyz`).
+ * `code` and `message` name the failure only (a driver code, a socket error): never request data.
+ *
+ * @example
+ * try { await store.getChannel(uri); } catch (e) { if (e instanceof StoreUnavailableError) retryLater(e.code); }
+ */
+export class StoreUnavailableError extends Error {
+  override readonly name = "StoreUnavailableError";
+  constructor(
+    /** Which store failed. */
+    readonly store: "postgres" | "sqlite",
+    /** The driver's code (`ECONNREFUSED`, `57P01`, `SQLITE_READONLY`, `QUERY_TIMEOUT`, ...). */
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  /** What to log: the store, the code and the driver's message (no statement, no values). */
+  logFields(): { store: string; code: string; message: string } {
+    return { store: this.store, code: this.code, message: this.message };
+  }
+}
+
 export interface Store {
   /** Applies pending schema migrations; safe to call on every start and from several nodes. */
   migrate(): Promise<void>;
@@ -27,12 +59,23 @@ export interface Store {
    * limit, otherwise records the requestId and counts the message.
    */
   recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome>;
+  /**
+   * Counts a message without a replay record ("recorded" when counted): for a refusal the KMS
+   * answers on the channel's key before the requestId is known or checked. Every encryption under
+   * the key counts toward the limit, whoever caused it.
+   */
+  countChannelMessage(uri: string, messageLimit: number): Promise<CountOutcome>;
   /** Removes channels that expired before `before` (with their replay records); returns how many. */
   purgeChannels(before: Date): Promise<number>;
 
   // ── Entity key directory (§7) ──────────────────────────────────────────────────────────────
-  /** Registers a device key; false (nothing stored) when the entity already has a key with that kid. */
-  registerEntityKey(key: EntityKeyRecord): Promise<boolean>;
+  /**
+   * Registers a device key, atomically with its two checks (nothing stored unless "registered"):
+   * "duplicate" when the entity already has a key with that kid (revoked ones included), "limit"
+   * when it already has `maxActiveKeys` unrevoked keys (§10). Concurrent registrations of one
+   * entity, on any node, never exceed the limit.
+   */
+  registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome>;
   /** An entity's keys, oldest first; revoked ones only when asked. */
   listEntityKeys(entity: string, opts?: { includeRevoked?: boolean }): Promise<EntityKeyRecord[]>;
   /** Marks a key revoked; false when the entity has no such active key. */
@@ -122,6 +165,7 @@ export interface MembershipChange {
 }
 
 export type RecordOutcome = "recorded" | "replay" | "exhausted" | "unknown";
+export type CountOutcome = Exclude<RecordOutcome, "replay">;
 
 export interface ChannelRecord {
   /** kms://<authority>/ecdhe/<uuid> */

@@ -362,4 +362,54 @@ describe("Groups against a real KMS", () => {
       delete (c as { request?: unknown }).request;
     }
   });
+
+  it("after a 404 on the cached tail, a re-fetched chain that lacks known blocks or forks before the tail is ERR_CHAIN_ROLLBACK", async () => {
+    // A block alice (a member at block 1) really signed, on block 1: a fork that drops "remove bob".
+    const forkPayload = buildAppendedPayload({ antecedent: tails[1]!, creator: ALICE, operations: [{ entity: "dave@example.com", optype: "add" }] });
+    const fork = await signAppendedBlock(forkPayload, await alice.device.signingKey(), { alg: alice.device.alg, kid: alice.device.kid });
+    const forkNext = await signAppendedBlock(
+      buildAppendedPayload({ antecedent: (await parseBlock(fork, { maxOperations: 10 })).hash, creator: ALICE, operations: [{ entity: "erin@example.com", optype: "add" }] }),
+      await alice.device.signingKey(),
+      { alg: alice.device.alg, kid: alice.device.kid },
+    );
+    const variants: [name: string, edit: (blocks: string[]) => string[], index: number][] = [
+      ["the removal dropped (shorter chain)", (b) => b.slice(0, 2), 2],
+      ["only the genesis block", (b) => b.slice(0, 1), 1],
+      ["a fork before the cached tail", (b) => [b[0]!, b[1]!, fork], 2],
+      ["a longer fork before the cached tail", (b) => [b[0]!, b[1]!, fork, forkNext], 2],
+    ];
+    const fresh = new Groups(client(ALICE), { user: ALICE, device: alice.device });
+    await fresh.fetch(groupUri);
+    const c = clients.at(-1)!;
+    const realRequest = c.request.bind(c);
+    for (const [name, edit, index] of variants) {
+      c.request = async (method, target, fields = {}, opts) => {
+        if (fields.antecedent !== undefined) throw new KmsRequestError(404, "unknown antecedent", "jwe");
+        const reply = await realRequest(method, target, fields, opts);
+        return { ...reply, blocks: edit(reply.blocks as string[]) };
+      };
+      try {
+        const error = await fresh.fetch(groupUri).catch((e: unknown) => e);
+        expect(error, name).toBeInstanceOf(ChainVerificationError);
+        expect((error as ChainVerificationError).code, name).toBe("ERR_CHAIN_ROLLBACK");
+        expect((error as ChainVerificationError).index, name).toBe(index);
+        expect((error as ChainVerificationError).message, name).toMatch(new RegExp(`^block ${index} \\(${tails[index]!.slice(0, 8)}…\\): .* already had 3`));
+      } finally {
+        delete (c as { request?: unknown }).request;
+      }
+      // Nothing was replaced: the cache still has the three blocks, and the removal stands.
+      expect((await fresh.members(groupUri)).members(), name).toEqual([ALICE, CAROL]);
+      expect((await fresh.fetch(groupUri)).map((b) => b.hash), name).toEqual(tails);
+    }
+    // The same chain, or the chain grown after the cached tail, is accepted after a 404.
+    c.request = async (method, target, fields = {}, opts) => {
+      if (fields.antecedent !== undefined) throw new KmsRequestError(404, "unknown antecedent", "jwe");
+      return realRequest(method, target, fields, opts);
+    };
+    try {
+      expect((await fresh.fetch(groupUri)).map((b) => b.hash)).toEqual(tails);
+    } finally {
+      delete (c as { request?: unknown }).request;
+    }
+  });
 });

@@ -5,6 +5,8 @@ import { CompactSign } from "jose";
 import { KmsClient, KmsProtocolError } from "../../src/client/index.js";
 import { KmsIdentityError, matchesDnsName, validateKmsIdentity } from "../../src/client/kms-identity.js";
 import { createDevCa, generateStaticKeyPair, issueKmsCertificate, toX5c } from "../../src/pki/dev-ca.js";
+import { AsnConvert } from "@peculiar/asn1-schema";
+import { GeneralName, GeneralSubtree, GeneralSubtrees, Name as AsnName, NameConstraints } from "@peculiar/asn1-x509";
 
 const DAY = 86_400_000;
 const ca = await createDevCa({ commonName: "Keyward Test Root" });
@@ -85,6 +87,99 @@ describe("matchesDnsName (RFC 6125 §6.4, RFC 9525 restrictions)", () => {
 const rsa1024 = await generateStaticKeyPair("rsa", 1024);
 const rsa2048 = await generateStaticKeyPair("rsa", 2048);
 const otherKey = await generateStaticKeyPair("ec");
+
+// ---- Certificates for the path checks (name constraints, critical extensions, leaf usage, SHA-1) ----
+const F = x509.KeyUsageFlags;
+interface Issuer {
+  readonly cert: x509.X509Certificate;
+  readonly privateKey: CryptoKey;
+}
+/** Constraint subtrees: a string is a dNSName; an object any other GeneralName. */
+type Subtree = string | ConstructorParameters<typeof GeneralName>[0];
+const subtrees = (list: Subtree[]) =>
+  new GeneralSubtrees(list.map((b) => new GeneralSubtree({ base: new GeneralName(typeof b === "string" ? { dNSName: b } : b) })));
+/** A critical nameConstraints extension. */
+const nameConstraints = (c: { permitted?: Subtree[]; excluded?: Subtree[] }) =>
+  new x509.Extension(
+    "2.5.29.30",
+    true,
+    AsnConvert.serialize(
+      new NameConstraints({
+        ...(c.permitted ? { permittedSubtrees: subtrees(c.permitted) } : {}),
+        ...(c.excluded ? { excludedSubtrees: subtrees(c.excluded) } : {}),
+      }),
+    ),
+  );
+const directoryName = (dn: string) => ({ directoryName: AsnConvert.parse(new x509.Name(dn).toArrayBuffer(), AsnName) });
+/** An extension no validator knows (a private OID). */
+const unknownExtension = (critical: boolean) => new x509.Extension("1.3.6.1.4.1.55555.1.1", critical, new Uint8Array([0x05, 0x00]));
+const SERVER_AUTH = x509.ExtendedKeyUsage.serverAuth;
+
+/** A certificate for `publicKey` signed by `issuer` (self-signed root when `issuer` is omitted and `keys` given). */
+async function certificate(opts: {
+  subject: string;
+  issuer?: Issuer;
+  keys?: CryptoKeyPair;
+  publicKey?: CryptoKey;
+  ca?: boolean;
+  pathLength?: number;
+  dnsNames?: string[];
+  /** null: no KeyUsage. Default: keyCertSign|cRLSign for a CA, digitalSignature|keyAgreement for a leaf. */
+  keyUsage?: number | null;
+  /** null: no ExtendedKeyUsage. Default: none for a CA, serverAuth for a leaf. */
+  eku?: string[] | null;
+  extensions?: x509.Extension[];
+  hash?: "SHA-1" | "SHA-256" | "SHA-384";
+}): Promise<x509.X509Certificate> {
+  const ca = opts.ca ?? false;
+  const extensions: x509.Extension[] = [new x509.BasicConstraintsExtension(ca, opts.pathLength, true)];
+  const ku = opts.keyUsage === undefined ? (ca ? F.keyCertSign | F.cRLSign : F.digitalSignature | F.keyAgreement) : opts.keyUsage;
+  if (ku !== null) extensions.push(new x509.KeyUsagesExtension(ku, true));
+  const eku = opts.eku === undefined ? (ca ? null : [SERVER_AUTH]) : opts.eku;
+  if (eku !== null) extensions.push(new x509.ExtendedKeyUsageExtension(eku));
+  if (opts.dnsNames?.length) extensions.push(new x509.SubjectAlternativeNameExtension(opts.dnsNames.map((value) => ({ type: "dns" as const, value }))));
+  extensions.push(...(opts.extensions ?? []));
+  const common = {
+    notBefore: new Date(Date.now() - DAY),
+    notAfter: new Date(Date.now() + 30 * DAY),
+    signingAlgorithm: { name: "ECDSA", hash: opts.hash ?? "SHA-256" } as EcdsaParams,
+    extensions,
+  };
+  if (!opts.issuer) return x509.X509CertificateGenerator.createSelfSigned({ ...common, name: `CN=${opts.subject}`, keys: opts.keys! });
+  return x509.X509CertificateGenerator.create({
+    ...common,
+    subject: `CN=${opts.subject}`,
+    issuer: opts.issuer.cert.subjectName,
+    publicKey: opts.publicKey ?? opts.keys!.publicKey,
+    signingKey: opts.issuer.privateKey,
+  });
+}
+const ecPair = async () => (await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
+/** A CA issued by `issuer` (default: the test root). */
+async function subCa(subject: string, opts: Omit<Parameters<typeof certificate>[0], "subject" | "ca" | "keys"> = {}): Promise<Issuer> {
+  const keys = await ecPair();
+  const cert = await certificate({ issuer: caRef, ...opts, subject, ca: true, keys });
+  return { cert, privateKey: keys.privateKey };
+}
+/** A self-signed root (its PEM is the trust root). */
+async function rootCa(subject: string, opts: { extensions?: x509.Extension[]; hash?: "SHA-1" | "SHA-256" } = {}): Promise<Issuer & { pem: string }> {
+  const keys = await ecPair();
+  const cert = await certificate({ ...opts, subject, ca: true, keys });
+  return { cert, privateKey: keys.privateKey, pem: cert.toString("pem") };
+}
+/** The KMS JWK (ecKey) with a leaf for `dnsNames` issued by `issuer`, x5c = leaf + `chain`. */
+async function kmsJwk(issuer: Issuer, chain: x509.X509Certificate[], dnsNames: string[], opts: Omit<Parameters<typeof certificate>[0], "subject" | "issuer" | "dnsNames"> = {}) {
+  const leaf = await certificate({ subject: dnsNames[0] ?? "kms", issuer, publicKey: ecKey.publicKey, dnsNames, ...opts });
+  return jwkOf(ecKey, [leaf, ...chain]);
+}
+const constrainedRoot = await rootCa("Partner Root", { extensions: [nameConstraints({ permitted: ["partner.org"] })] });
+const sha1Root = await rootCa("Old SHA-1 Root", { hash: "SHA-1" });
+
+/** A leaf via a sub-CA of the test root constrained by `constraints`. */
+async function viaConstrained(constraints: Parameters<typeof nameConstraints>[0], dnsNames: string[]) {
+  const partner = await subCa("Partner CA", { extensions: [nameConstraints(constraints)] });
+  return kmsJwk(partner, [partner.cert], dnsNames);
+}
 
 describe("validateKmsIdentity", () => {
   const roots = [ca.certPem];
@@ -227,6 +322,224 @@ describe("validateKmsIdentity", () => {
       user: "alice@example.com",
       expect: { dnsNames: ["example.com"] },
     },
+
+    // Name constraints (RFC 5280 §4.2.1.10), on every CA of the path.
+    {
+      name: "the attack: a sub-CA constrained to partner.org issues a KMS certificate for example.com",
+      jwk: () => viaConstrained({ permitted: ["partner.org"] }, ["kms.example.com", "example.com"]),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_CERT_NAME_CONSTRAINTS",
+        message: 'x5c[0] "CN=kms.example.com" names kms.example.com, outside the permitted DNS subtrees [partner.org], which the name constraints of x5c[1] "CN=Partner CA" forbid',
+      },
+    },
+    {
+      name: "the same sub-CA's certificate for kms.partner.org, for a partner.org user",
+      jwk: () => viaConstrained({ permitted: ["partner.org"] }, ["kms.partner.org", "partner.org"]),
+      user: "bob@partner.org",
+      expect: { dnsNames: ["kms.partner.org", "partner.org"] },
+    },
+    {
+      name: "a constrained sub-CA's certificate naming one permitted and one other domain (every SAN must be permitted)",
+      jwk: () => viaConstrained({ permitted: ["partner.org"] }, ["partner.org", "example.com"]),
+      user: "bob@partner.org",
+      expect: { code: "ERR_KMS_CERT_NAME_CONSTRAINTS", message: /names example\.com, outside the permitted DNS subtrees \[partner\.org\]/ },
+    },
+    {
+      name: "evilpartner.org under a partner.org constraint (a suffix is not a subtree)",
+      jwk: () => viaConstrained({ permitted: ["partner.org"] }, ["evilpartner.org"]),
+      user: "bob@evilpartner.org",
+      expect: { code: "ERR_KMS_CERT_NAME_CONSTRAINTS", message: /names evilpartner\.org, outside the permitted DNS subtrees/ },
+    },
+    {
+      name: "KMS.partner.org under a Partner.ORG constraint (case-insensitive)",
+      jwk: () => viaConstrained({ permitted: ["Partner.ORG"] }, ["KMS.partner.org"]),
+      user: "bob@kms.partner.org",
+      expect: { dnsNames: ["KMS.partner.org"] },
+    },
+    {
+      name: "partner.org under a .partner.org constraint (subdomains only)",
+      jwk: () => viaConstrained({ permitted: [".partner.org"] }, ["partner.org"]),
+      user: "bob@partner.org",
+      expect: { code: "ERR_KMS_CERT_NAME_CONSTRAINTS", message: /names partner\.org, outside the permitted DNS subtrees \[\.partner\.org\]/ },
+    },
+    {
+      name: "kms.partner.org under a .partner.org constraint",
+      jwk: () => viaConstrained({ permitted: [".partner.org"] }, ["kms.partner.org"]),
+      user: "bob@kms.partner.org",
+      expect: { dnsNames: ["kms.partner.org"] },
+    },
+    {
+      name: "kms.secret.partner.org when secret.partner.org is excluded",
+      jwk: () => viaConstrained({ permitted: ["partner.org"], excluded: ["secret.partner.org"] }, ["kms.secret.partner.org"]),
+      user: "bob@kms.secret.partner.org",
+      expect: {
+        code: "ERR_KMS_CERT_NAME_CONSTRAINTS",
+        message: 'x5c[0] "CN=kms.secret.partner.org" names kms.secret.partner.org, inside the excluded DNS subtree secret.partner.org, which the name constraints of x5c[1] "CN=Partner CA" forbid',
+      },
+    },
+    {
+      name: "*.partner.org when secret.partner.org is excluded (the wildcard would cover it)",
+      jwk: () => viaConstrained({ excluded: ["secret.partner.org"] }, ["*.partner.org"]),
+      user: "bob@kms.partner.org",
+      expect: { code: "ERR_KMS_CERT_NAME_CONSTRAINTS", message: /names \*\.partner\.org, inside the excluded DNS subtree secret\.partner\.org/ },
+    },
+    {
+      name: "kms.partner.org and partner.org when secret.partner.org is excluded",
+      jwk: () => viaConstrained({ permitted: ["partner.org"], excluded: ["secret.partner.org"] }, ["kms.partner.org", "partner.org"]),
+      user: "bob@partner.org",
+      expect: { dnsNames: ["kms.partner.org", "partner.org"] },
+    },
+    {
+      name: "example.org when only example.com is excluded (no permitted DNS subtree)",
+      jwk: () => viaConstrained({ excluded: ["example.com"] }, ["example.org"]),
+      user: "bob@example.org",
+      expect: { dnsNames: ["example.org"] },
+    },
+    {
+      name: "kms.example.com and example.com when example.com is excluded",
+      jwk: () => viaConstrained({ excluded: ["example.com"] }, ["kms.example.com", "example.com"]),
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_NAME_CONSTRAINTS", message: /names kms\.example\.com, inside the excluded DNS subtree example\.com/ },
+    },
+    {
+      name: "example.com from a trust root constrained to partner.org",
+      jwk: async () => kmsJwk(constrainedRoot, [], ["example.com"]),
+      user: "alice@example.com",
+      trustRoots: [constrainedRoot.pem],
+      expect: {
+        code: "ERR_KMS_CERT_NAME_CONSTRAINTS",
+        message: 'x5c[0] "CN=example.com" names example.com, outside the permitted DNS subtrees [partner.org], which the name constraints of trust root "CN=Partner Root" forbid',
+      },
+    },
+    {
+      name: "example.com from an unconstrained sub-CA below a CA constrained to partner.org",
+      jwk: async () => {
+        const upper = await subCa("Partner CA", { pathLength: 1, extensions: [nameConstraints({ permitted: ["partner.org"] })] });
+        const lower = await subCa("Partner Issuing CA", { issuer: upper });
+        return kmsJwk(lower, [lower.cert, upper.cert], ["example.com"]);
+      },
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_NAME_CONSTRAINTS", message: /^x5c\[0\] "CN=example\.com" names example\.com, .* of x5c\[2\] "CN=Partner CA" forbid$/ },
+    },
+    {
+      name: "a sub-CA whose own DNS SAN is outside its issuer's constraint",
+      jwk: async () => {
+        const upper = await subCa("Partner CA", { pathLength: 1, extensions: [nameConstraints({ permitted: ["partner.org"] })] });
+        const lower = await subCa("Partner Issuing CA", { issuer: upper, dnsNames: ["ca.example.com"] });
+        return kmsJwk(lower, [lower.cert, upper.cert], ["kms.partner.org"]);
+      },
+      user: "bob@kms.partner.org",
+      expect: {
+        code: "ERR_KMS_CERT_NAME_CONSTRAINTS",
+        message: 'x5c[1] "CN=Partner Issuing CA" names ca.example.com, outside the permitted DNS subtrees [partner.org], which the name constraints of x5c[2] "CN=Partner CA" forbid',
+      },
+    },
+    {
+      name: "other.org below a CA constrained to org and a sub-CA constrained to partner.org",
+      jwk: async () => {
+        const upper = await subCa("Org CA", { pathLength: 1, extensions: [nameConstraints({ permitted: ["org"] })] });
+        const lower = await subCa("Partner CA", { issuer: upper, extensions: [nameConstraints({ permitted: ["partner.org"] })] });
+        return kmsJwk(lower, [lower.cert, upper.cert], ["other.org"]);
+      },
+      user: "bob@other.org",
+      expect: { code: "ERR_KMS_CERT_NAME_CONSTRAINTS", message: /names other\.org, outside the permitted DNS subtrees \[partner\.org\], .* x5c\[1\] "CN=Partner CA"/ },
+    },
+    {
+      name: "a directoryName constraint (a form this client does not check) above a leaf with a subject",
+      jwk: () => viaConstrained({ permitted: ["partner.org", directoryName("O=Partner")] }, ["partner.org"]),
+      user: "bob@partner.org",
+      expect: {
+        code: "ERR_KMS_CERT_NAME_CONSTRAINTS",
+        message: 'x5c[1] "CN=Partner CA" constrains dn names, which this client does not check, and x5c[0] "CN=partner.org" has one',
+      },
+    },
+    {
+      name: "an iPAddress constraint above a leaf without IP SAN (nothing to check)",
+      jwk: () => viaConstrained({ permitted: ["partner.org"], excluded: [{ iPAddress: "10.0.0.0" }] }, ["partner.org"]),
+      user: "bob@partner.org",
+      expect: { dnsNames: ["partner.org"] },
+    },
+    // Critical extensions (RFC 5280 §4.2).
+    {
+      name: "an unknown critical extension on the leaf",
+      jwk: () => kmsJwk(caRef, [], ["example.com"], { extensions: [unknownExtension(true)] }),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_CERT_CRITICAL_EXTENSION",
+        message:
+          'x5c[0] "CN=example.com" has a critical extension 1.3.6.1.4.1.55555.1.1 that this client does not process ' +
+          "(it processes basicConstraints, keyUsage, extendedKeyUsage, subjectAltName, nameConstraints, subjectKeyIdentifier, authorityKeyIdentifier)",
+      },
+    },
+    {
+      name: "an unknown critical extension on an intermediate",
+      jwk: async () => {
+        const inter = await subCa("Odd CA", { extensions: [unknownExtension(true)] });
+        return kmsJwk(inter, [inter.cert], ["example.com"]);
+      },
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_CRITICAL_EXTENSION", message: /^x5c\[1\] "CN=Odd CA" has a critical extension 1\.3\.6\.1\.4\.1\.55555\.1\.1 / },
+    },
+    {
+      name: "an unknown non-critical extension (ignored, as RFC 5280 allows)",
+      jwk: () => kmsJwk(caRef, [], ["example.com"], { extensions: [unknownExtension(false)] }),
+      user: "alice@example.com",
+      expect: { dnsNames: ["example.com"] },
+    },
+    // The leaf is a server end entity.
+    {
+      name: "a leaf that is a CA (BasicConstraints cA=true)",
+      jwk: () => kmsJwk(caRef, [], ["example.com"], { ca: true, keyUsage: F.digitalSignature | F.keyCertSign }),
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_LEAF_CA", message: 'KMS certificate "CN=example.com" is a CA certificate (BasicConstraints cA=true); the KMS key must be an end entity\'s' },
+    },
+    {
+      name: "a leaf whose KeyUsage lacks digitalSignature",
+      jwk: () => kmsJwk(caRef, [], ["example.com"], { keyUsage: F.keyAgreement | F.keyEncipherment }),
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_KEY_USAGE", message: 'KMS certificate "CN=example.com" has a KeyUsage without digitalSignature; the KMS signs with this key' },
+    },
+    { name: "a leaf with digitalSignature only", jwk: () => kmsJwk(caRef, [], ["example.com"], { keyUsage: F.digitalSignature }), user: "alice@example.com", expect: { dnsNames: ["example.com"] } },
+    { name: "a leaf without KeyUsage", jwk: () => kmsJwk(caRef, [], ["example.com"], { keyUsage: null }), user: "alice@example.com", expect: { dnsNames: ["example.com"] } },
+    {
+      name: "a leaf whose ExtendedKeyUsage is clientAuth and codeSigning only",
+      jwk: () => kmsJwk(caRef, [], ["example.com"], { eku: [x509.ExtendedKeyUsage.clientAuth, x509.ExtendedKeyUsage.codeSigning] }),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_CERT_EXT_KEY_USAGE",
+        message: 'KMS certificate "CN=example.com" has an ExtendedKeyUsage [1.3.6.1.5.5.7.3.2, 1.3.6.1.5.5.7.3.3] without serverAuth (1.3.6.1.5.5.7.3.1) or anyExtendedKeyUsage',
+      },
+    },
+    { name: "a leaf with ExtendedKeyUsage anyExtendedKeyUsage", jwk: () => kmsJwk(caRef, [], ["example.com"], { eku: ["2.5.29.37.0"] }), user: "alice@example.com", expect: { dnsNames: ["example.com"] } },
+    { name: "a leaf without ExtendedKeyUsage", jwk: () => kmsJwk(caRef, [], ["example.com"], { eku: null }), user: "alice@example.com", expect: { dnsNames: ["example.com"] } },
+    // Signatures: SHA-2 only.
+    {
+      name: "a leaf signed with ECDSA and SHA-1",
+      jwk: () => kmsJwk(caRef, [], ["example.com"], { hash: "SHA-1" }),
+      user: "alice@example.com",
+      expect: {
+        code: "ERR_KMS_CERT_WEAK_SIGNATURE",
+        message: 'x5c[0] "CN=example.com" is signed with ECDSA and SHA-1; only SHA-256, SHA-384 or SHA-512 signatures are accepted (SHA-1 is refused)',
+      },
+    },
+    {
+      name: "an intermediate signed by the root with SHA-1",
+      jwk: async () => {
+        const inter = await subCa("SHA-1 CA", { hash: "SHA-1" });
+        return kmsJwk(inter, [inter.cert], ["example.com"]);
+      },
+      user: "alice@example.com",
+      expect: { code: "ERR_KMS_CERT_WEAK_SIGNATURE", message: /^x5c\[1\] "CN=SHA-1 CA" is signed with ECDSA and SHA-1;/ },
+    },
+    { name: "a leaf signed with SHA-384", jwk: () => kmsJwk(caRef, [], ["example.com"], { hash: "SHA-384" }), user: "alice@example.com", expect: { dnsNames: ["example.com"] } },
+    {
+      name: "a trust root whose own self-signature is SHA-1 (never relied on: the root is trusted by configuration)",
+      jwk: async () => kmsJwk(sha1Root, [sha1Root.cert], ["example.com"]),
+      user: "alice@example.com",
+      trustRoots: [sha1Root.pem],
+      expect: { dnsNames: ["example.com"] },
+    },
   ];
 
   it.each(cases.map((c) => [("dnsNames" in c.expect ? "accepts " : "refuses ") + c.name, c] as const))("%s", async (_name, c) => {
@@ -367,5 +680,34 @@ describe("KmsClient: previous KMS keys from discovery (static key rotation)", ()
     }
     // One re-discovery per failed verification, never more.
     expect(discoveries).toBe(4);
+  });
+});
+
+describe("KmsClient: a fake KMS certified by a name-constrained sub-CA", () => {
+  it("is refused at discovery: the bearer token is never sent", async () => {
+    const partner = await subCa("Partner CA", { extensions: [nameConstraints({ permitted: ["partner.org"] })] });
+    const fake = await kmsJwk(partner, [partner.cert], ["kms.example.com", "example.com"]);
+    const sent: string[] = [];
+    const client = new KmsClient({
+      transport: {
+        discover: async () => ({ uri: "kms://kms.example.com", jwk: { ...fake, kid: "kms://kms.example.com" }, protocol: "draft-abiggs-saag-key-management-service-03" }),
+        send: async (message) => (sent.push(message), Promise.reject(new Error("the fake KMS got a message"))),
+      },
+      user: "alice@example.com",
+      token: "alice-bearer-token",
+      trustRoots: [ca.certPem],
+    });
+    const e = await refusal(client.ping());
+    expect(e.code).toBe("ERR_KMS_CERT_NAME_CONSTRAINTS");
+    expect(sent).toEqual([]);
+    // The same sub-CA's certificate for its own domain works for a partner.org user.
+    const own = await kmsJwk(partner, [partner.cert], ["kms.partner.org", "partner.org"]);
+    const partnerClient = new KmsClient({
+      transport: { discover: async () => ({ uri: "kms://kms.partner.org", jwk: { ...own, kid: "kms://kms.partner.org" } }), send: () => Promise.reject(new Error("unused")) },
+      user: "bob@partner.org",
+      token: "bob-bearer-token",
+      trustRoots: [ca.certPem],
+    });
+    expect((await partnerClient.discover()).uri).toBe("kms://kms.partner.org");
   });
 });

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -14,6 +14,7 @@ import {
   writeConfigFile,
   type ConfigKey,
 } from "../../src/config/config.js";
+import { runCli } from "../helpers/cli.js";
 
 const BASE = {
   authority: "kms.example.com",
@@ -66,12 +67,16 @@ describe("loadConfig defaults", () => {
       store: { kind: "sqlite", path: join(dir, "keyward.db") },
       ephemeralKeyLifetime: 3600,
       gmbcReaders: "members",
+      corsOrigins: "*",
       maxMessageBytes: 1048576,
       maxBatchMessages: 50,
       maxInFlight: 4096,
       maxEventLoopLag: 100,
+      bodyReadTimeout: 10,
       maxBlocksPerAppend: 100,
       maxOperationsPerBlock: 10000,
+      maxKeysPerEntity: 16,
+      maxSignatureChecksPerAppend: 200,
       clockSkew: 300,
       logLevel: "info",
       masterKeyFile: join(dir, "master.key"),
@@ -166,12 +171,16 @@ describe("environment overrides", () => {
     ["ephemeralKeyLifetime", "KEYWARD_EPHEMERAL_KEY_LIFETIME", "60", (c) => c.ephemeralKeyLifetime, 60],
     ["gmbcReaders", "KEYWARD_GMBC_READERS", "members-and-former", (c) => c.gmbcReaders, "members-and-former"],
     ["trustRoots", "KEYWARD_TRUST_ROOTS", "roots.pem", (c) => c.trustRoots, "<dir>/roots.pem"],
+    ["corsOrigins", "KEYWARD_CORS_ORIGINS", "https://app.example.com, http://localhost:3000", (c) => c.corsOrigins, ["https://app.example.com", "http://localhost:3000"]],
     ["maxMessageBytes", "KEYWARD_MAX_MESSAGE_BYTES", "2048", (c) => c.maxMessageBytes, 2048],
     ["maxBatchMessages", "KEYWARD_MAX_BATCH_MESSAGES", "5", (c) => c.maxBatchMessages, 5],
     ["maxInFlight", "KEYWARD_MAX_IN_FLIGHT", "64", (c) => c.maxInFlight, 64],
     ["maxEventLoopLag", "KEYWARD_MAX_EVENT_LOOP_LAG", "250", (c) => c.maxEventLoopLag, 250],
+    ["bodyReadTimeout", "KEYWARD_BODY_READ_TIMEOUT", "3", (c) => c.bodyReadTimeout, 3],
     ["maxBlocksPerAppend", "KEYWARD_MAX_BLOCKS_PER_APPEND", "7", (c) => c.maxBlocksPerAppend, 7],
     ["maxOperationsPerBlock", "KEYWARD_MAX_OPERATIONS_PER_BLOCK", "9", (c) => c.maxOperationsPerBlock, 9],
+    ["maxKeysPerEntity", "KEYWARD_MAX_KEYS_PER_ENTITY", "3", (c) => c.maxKeysPerEntity, 3],
+    ["maxSignatureChecksPerAppend", "KEYWARD_MAX_SIGNATURE_CHECKS_PER_APPEND", "5", (c) => c.maxSignatureChecksPerAppend, 5],
     ["clockSkew", "KEYWARD_CLOCK_SKEW", "0", (c) => c.clockSkew, 0],
     ["workers", "KEYWARD_WORKERS", "8", (c) => c.workers, 8],
     ["logLevel", "KEYWARD_LOG_LEVEL", "trace", (c) => c.logLevel, "trace"],
@@ -269,6 +278,7 @@ describe("bad values", () => {
     ["oauthIntrospectionUrl", "nope", "KEYWARD_OAUTH_INTROSPECTION_URL", "nope", /URL/],
     ["storeUrl", "mysql://db/keyward", "KEYWARD_STORE_URL", "sqlite://host/db", /sqlite/],
     ["listen", "8484", "KEYWARD_LISTEN", "localhost:65536", /./],
+    ["corsOrigins", "https://app.example.com/path", "KEYWARD_CORS_ORIGINS", "*,https://app.example.com", /./],
   ] as const)("%s: file and environment variants name the key", (key, fileValue, env, envValue, reason) => {
     writeRaw({ ...BASE, [key]: fileValue });
     const fromFile = configError(() => loadConfig(dir, {}));
@@ -300,6 +310,24 @@ describe("bad values", () => {
     expect(configError(() => loadConfig(dir, {})).message).toMatch(/'oauthIntrospectionCache': must be between 0 and 60/);
     writeRaw(BASE);
     expect(configError(() => loadConfig(dir, { KEYWARD_OAUTH_INTROSPECTION_CACHE: "-1" })).key).toBe("KEYWARD_OAUTH_INTROSPECTION_CACHE");
+  });
+
+  it("bodyReadTimeout must be a whole number of seconds between 1 and 300", () => {
+    for (const bad of [0, 301, 2.5, "10"]) {
+      writeRaw({ ...BASE, bodyReadTimeout: bad });
+      const e = configError(() => loadConfig(dir, {}));
+      expect(e.key).toBe("bodyReadTimeout");
+      expect(e.message).toMatch(/^config\.json: 'bodyReadTimeout': must (be between 1 and 300|be an integer)/);
+    }
+    writeRaw(BASE);
+    for (const bad of ["0", "301", "1.5", "ten", "-1"]) {
+      const e = configError(() => loadConfig(dir, { KEYWARD_BODY_READ_TIMEOUT: bad }));
+      expect(e.key).toBe("KEYWARD_BODY_READ_TIMEOUT");
+      expect(e.message).toContain(`(got "${bad}")`);
+    }
+    writeRaw({ ...BASE, bodyReadTimeout: 300 });
+    expect(loadConfig(dir, {}).bodyReadTimeout).toBe(300);
+    expect(loadConfig(dir, { KEYWARD_BODY_READ_TIMEOUT: "1" }).bodyReadTimeout).toBe(1);
   });
 
   it("formats messages as documented", () => {
@@ -492,14 +520,34 @@ describe("path resolution", () => {
 });
 
 describe("writeConfigFile", () => {
-  it("writes only the given keys, pretty-printed, mode 0644, and round-trips", () => {
+  it("writes only the given keys, pretty-printed, mode 0600 (it may hold oauthClientSecret), and round-trips", () => {
     writeConfigFile(dir, { ...BASE, policy: 2, workers: undefined });
     const file = join(dir, "config.json");
     const text = readFileSync(file, "utf8");
     expect(text).toBe(JSON.stringify({ ...BASE, policy: 2 }, null, 2) + "\n");
-    expect(statSync(file).mode & 0o777).toBe(0o644);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(loadConfig(dir, {}).policy).toBe(2);
   });
+
+  it("a rewrite narrows an older 0644 file (and a stale temp file) to 0600", () => {
+    const file = join(dir, "config.json");
+    writeFileSync(file, JSON.stringify(BASE), { mode: 0o644 });
+    chmodSync(file, 0o644);
+    writeFileSync(`${file}.${process.pid}.tmp`, "stale", { mode: 0o666 });
+    chmodSync(`${file}.${process.pid}.tmp`, 0o666);
+    writeConfigFile(dir, { ...BASE, oauthIntrospectionUrl: "https://idp.example.com/introspect", oauthClientId: "kms", oauthClientSecret: "s3cret" });
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(loadConfig(dir, {}).oauthClientSecret).toBe("s3cret");
+    expect(existsSync(`${file}.${process.pid}.tmp`)).toBe(false);
+  });
+
+  it("keyward init writes config.json with mode 0600", async () => {
+    const data = join(dir, "data");
+    const r = await runCli(["init", "--dir", data, "--authority", "kms.example.com"], { env: { KEYWARD_MASTER_KEY: "" } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(statSync(join(data, "config.json")).mode & 0o777).toBe(0o600);
+    expect(JSON.parse(readFileSync(join(data, "config.json"), "utf8"))).toEqual({ authority: "kms.example.com" });
+  }, 30_000);
 
   it("replaces an existing file", () => {
     writeConfigFile(dir, { ...BASE, logLevel: "warn" });
@@ -616,5 +664,45 @@ describe("the XMPP binding's configuration (§3)", () => {
     const e = configError(() => resolveConfig(dir, { ...BASE, xmppSecret: 12345 }, {}));
     expect(e.key).toBe("xmppSecret");
     expect(e.message).not.toContain("12345");
+  });
+});
+
+describe("corsOrigins", () => {
+  it("defaults to * (every KMS message authenticates in-band); '*' alone is kept", () => {
+    expect(resolveConfig(dir, BASE, {}).corsOrigins).toBe("*");
+    expect(resolveConfig(dir, BASE, { KEYWARD_CORS_ORIGINS: " * " }).corsOrigins).toBe("*");
+    expect(resolveConfig(dir, { ...BASE, corsOrigins: ["*"] }, {}).corsOrigins).toBe("*");
+  });
+
+  it("reads a comma list (env or file) or an array (file), normalized as browsers send Origin", () => {
+    const c = resolveConfig(dir, BASE, { KEYWARD_CORS_ORIGINS: "HTTPS://App.Example.com:443, http://localhost:3000/" });
+    expect(c.corsOrigins).toEqual(["https://app.example.com", "http://localhost:3000"]);
+    const f = resolveConfig(dir, { ...BASE, corsOrigins: ["https://a.example", "https://b.example:8443"] }, {});
+    expect(f.corsOrigins).toEqual(["https://a.example", "https://b.example:8443"]);
+    // An empty array is a deliberate "no browser origin".
+    expect(resolveConfig(dir, { ...BASE, corsOrigins: [] }, {}).corsOrigins).toEqual([]);
+  });
+
+  it.each([
+    ["https://app.example.com/path", /no path/],
+    ["https://app.example.com?x", /no path/],
+    ["ftp://app.example.com", /http\(s\) origins/],
+    ["app.example.com", /http\(s\) origins/],
+    ["null", /http\(s\) origins/],
+    ["https://user@app.example.com", /http\(s\) origins/],
+    ["*, https://app.example.com", /cannot be combined/],
+    ["https://a.example,,https://b.example", /empty entry/],
+    ["", /must not be empty/],
+  ])("refuses %j", (value, reason) => {
+    const e = configError(() => resolveConfig(dir, { ...BASE, corsOrigins: value }, {}));
+    expect(e.key).toBe("corsOrigins");
+    expect(e.message).toMatch(reason);
+  });
+
+  it("refuses a value that is neither a string nor an array of strings", () => {
+    for (const value of [42, { origin: "https://a.example" }, [1]]) {
+      const e = configError(() => resolveConfig(dir, { ...BASE, corsOrigins: value }, {}));
+      expect(e.key).toMatch(/^corsOrigins/);
+    }
   });
 });

@@ -21,7 +21,7 @@ import {
 } from "../../src/primitives/gmbc/index.js";
 
 const vectors = JSON.parse(
-  readFileSync(fileURLToPath(new URL("../../../shared/vectors/node-jose-vectors.json", import.meta.url)), "utf8"),
+  readFileSync(fileURLToPath(new URL("../vectors/node-jose-vectors.json", import.meta.url)), "utf8"),
 );
 
 const KMS_URI = "kms://kms.example.com";

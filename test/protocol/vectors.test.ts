@@ -6,9 +6,9 @@ import { deriveEphemeralKey, hkdfSha256, importEcdhPublicKey } from "../../src/p
 import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
 import { blockHash } from "../../src/primitives/block-hash.js";
 
-/** Known answers made with node-jose 2.2.0 (Cisco node-kms's JOSE library): ../shared/vectors. */
+/** Known answers made with node-jose 2.2.0 (Cisco node-kms's JOSE library): test/vectors. */
 const vectors = JSON.parse(
-  readFileSync(fileURLToPath(new URL("../../../shared/vectors/node-jose-vectors.json", import.meta.url)), "utf8"),
+  readFileSync(fileURLToPath(new URL("../vectors/node-jose-vectors.json", import.meta.url)), "utf8"),
 );
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
 import { openCommonMessage, sealCommonMessage } from "../../src/server/channel-codec.js";
 
-const vectors = JSON.parse(readFileSync(fileURLToPath(new URL("../../../shared/vectors/node-jose-vectors.json", import.meta.url)), "utf8"));
+const vectors = JSON.parse(readFileSync(fileURLToPath(new URL("../vectors/node-jose-vectors.json", import.meta.url)), "utf8"));
 
 describe("server common-message codec (node:crypto) against jose and node-jose", () => {
   const key = base64url.decode(vectors.commonMessage.kEphemeralB64url);

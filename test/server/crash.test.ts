@@ -16,6 +16,8 @@ interface Acknowledged {
   gks: { uri: string; block: string; key: Uint8Array }[];
   /** Bob's registered device keys (kid). */
   keys: string[];
+  /** Bob's revoked device keys (kid). */
+  revokedKeys: string[];
 }
 
 describe("crash: SIGKILL during a mixed write load, restart on the same data dir", () => {
@@ -42,7 +44,7 @@ describe("crash: SIGKILL during a mixed write load, restart on the same data dir
     const tails = new Map<string, string>();
     for (const uri of chains) tails.set(uri, (await groups.fetch(uri)).at(-1)!.hash);
 
-    const ack: Acknowledged = { appends: [], gks: [], keys: [] };
+    const ack: Acknowledged = { appends: [], gks: [], keys: [], revokedKeys: [] };
     /** Failures before the kill (other than 409s): there must be none. */
     const unexpected: string[] = [];
     let killed = false;
@@ -109,15 +111,24 @@ describe("crash: SIGKILL during a mixed write load, restart on the same data dir
       }
     };
 
-    // Bob registers device keys.
+    // Bob registers device keys, revoking his oldest one whenever he holds the most an entity may
+    // (16 unrevoked, §10): registrations and revocations are both acknowledged writes.
     const keyLoop = async (client: KmsClient) => {
+      const unrevoked: string[] = [];
       while (!killed) {
         const key = await DeviceKey.generate({ kid: `bob-${++counter}` });
         try {
+          if (unrevoked.length === 16) {
+            const oldest = unrevoked[0]!;
+            await track(() => client.request("delete", `/entities/${BOB}/keys/${oldest}`));
+            unrevoked.shift();
+            ack.revokedKeys.push(oldest);
+          }
           await track(() => client.request("create", "/entities/keys", { jwk: { ...key.publicJwk } }));
           ack.keys.push(key.kid);
+          unrevoked.push(key.kid);
         } catch (e) {
-          failed("register a key", e);
+          failed("register or revoke a key", e);
           return;
         }
       }
@@ -180,8 +191,9 @@ describe("crash: SIGKILL during a mixed write load, restart on the same data dir
       expect(fetched.block).toBe(gk.block);
       expect(Buffer.from(fetched.key).equals(Buffer.from(gk.key)), `the key of ${gk.uri}`).toBe(true);
     }
-    const bobKeys = new Set((await afterGroups.keysOf(BOB)).map((k) => k.kid));
+    const bobKeys = new Map((await afterGroups.keysOf(BOB, { includeRevoked: true })).map((k) => [k.kid, k]));
     for (const kid of ack.keys) expect(bobKeys.has(kid), `bob's key ${kid}`).toBe(true);
+    for (const kid of ack.revokedKeys) expect(bobKeys.get(kid), `bob's revoked key ${kid}`).toHaveProperty("revoked");
 
     process.kill(serve.pid, "SIGTERM");
     expect(await serve.exited).toEqual({ code: 0, signal: null });

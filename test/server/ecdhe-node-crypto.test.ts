@@ -7,7 +7,7 @@ import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } fro
 import { KmsError } from "../../src/protocol/errors.js";
 
 const vectors = JSON.parse(
-  readFileSync(fileURLToPath(new URL("../../../shared/vectors/node-jose-vectors.json", import.meta.url)), "utf8"),
+  readFileSync(fileURLToPath(new URL("../vectors/node-jose-vectors.json", import.meta.url)), "utf8"),
 );
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 

@@ -7,7 +7,7 @@ import { blockHash } from "../../src/primitives/block-hash.js";
 import { buildAppendedPayload, parseBlock, signAppendedBlock, verifyAppendedBlockSignature } from "../../src/primitives/gmbc/index.js";
 import { blockHashSync, verifyBlockSignature } from "../../src/server/gmbc/node-crypto.js";
 
-const vectors = JSON.parse(readFileSync(fileURLToPath(new URL("../../../shared/vectors/node-jose-vectors.json", import.meta.url)), "utf8"));
+const vectors = JSON.parse(readFileSync(fileURLToPath(new URL("../vectors/node-jose-vectors.json", import.meta.url)), "utf8"));
 
 describe("server block hash and signature check (node:crypto) agree with the isomorphic primitives", () => {
   it("block hash: the node-jose vector, and any string", async () => {

@@ -69,7 +69,7 @@ export function groupStoreContract(name: string, open: () => Promise<Store>, cle
 
       it("registers a key and lists it with every field (jwk, created to the ms, no revoked)", async () => {
         const k = key();
-        expect(await store.registerEntityKey(k)).toBe(true);
+        expect(await store.registerEntityKey(k, 16)).toBe("registered");
         const listed = await store.listEntityKeys(k.entity);
         expect(listed).toEqual([k]);
         expect(listed[0]!.created).toBeInstanceOf(Date);
@@ -82,22 +82,22 @@ export function groupStoreContract(name: string, open: () => Promise<Store>, cle
         expect(await store.listEntityKeys("nobody@example.com", { includeRevoked: true })).toEqual([]);
       });
 
-      it("a duplicate kid of the same entity is refused (false) and the first key kept; other entities may reuse the kid", async () => {
+      it("a duplicate kid of the same entity is refused as a duplicate and the first key kept; other entities may reuse the kid", async () => {
         const first = key({ kid: "device-1" });
-        expect(await store.registerEntityKey(first)).toBe(true);
-        expect(await store.registerEntityKey(key({ kid: "device-1", jwk: { kty: "OKP" }, created: new Date(1_800_000_000_000) }))).toBe(false);
+        expect(await store.registerEntityKey(first, 16)).toBe("registered");
+        expect(await store.registerEntityKey(key({ kid: "device-1", jwk: { kty: "OKP" }, created: new Date(1_800_000_000_000) }), 16)).toBe("duplicate");
         expect(await store.listEntityKeys(first.entity)).toEqual([first]);
         const bobs = key({ entity: "bob@example.com", kid: "device-1" });
-        expect(await store.registerEntityKey(bobs)).toBe(true);
+        expect(await store.registerEntityKey(bobs, 16)).toBe("registered");
         expect(await store.listEntityKeys("bob@example.com")).toEqual([bobs]);
         expect(await store.listEntityKeys(first.entity)).toEqual([first]);
       });
 
       it("a revoked kid cannot be registered again", async () => {
         const k = key({ kid: "device-1" });
-        await store.registerEntityKey(k);
+        await store.registerEntityKey(k, 16);
         expect(await store.revokeEntityKey(k.entity, k.kid, new Date(1_700_000_100_000))).toBe(true);
-        expect(await store.registerEntityKey(key({ kid: "device-1" }))).toBe(false);
+        expect(await store.registerEntityKey(key({ kid: "device-1" }), 16)).toBe("duplicate");
       });
 
       it("lists oldest first, ties broken by kid in byte order", async () => {
@@ -108,15 +108,15 @@ export function groupStoreContract(name: string, open: () => Promise<Store>, cle
           key({ kid: "B", created: new Date(1_700_000_000_002) }),
           key({ kid: "y-early", created: new Date(1_700_000_000_001) }),
         ];
-        for (const k of keys) expect(await store.registerEntityKey(k)).toBe(true);
+        for (const k of keys) expect(await store.registerEntityKey(k, 16)).toBe("registered");
         expect((await store.listEntityKeys("alice@example.com")).map((k) => k.kid)).toEqual(["y-early", "B", "a", "b", "z-late"]);
       });
 
       it("revoke: true once, then false; revoked keys are listed only with includeRevoked, with their revocation time", async () => {
         const a = key({ kid: "a", created: new Date(1_700_000_000_001) });
         const b = key({ kid: "b", created: new Date(1_700_000_000_002) });
-        await store.registerEntityKey(a);
-        await store.registerEntityKey(b);
+        await store.registerEntityKey(a, 16);
+        await store.registerEntityKey(b, 16);
         const at = new Date(1_700_000_500_789);
         expect(await store.revokeEntityKey(a.entity, "a", at)).toBe(true);
         expect(await store.revokeEntityKey(a.entity, "a", new Date(1_700_000_900_000))).toBe(false);
@@ -129,9 +129,29 @@ export function groupStoreContract(name: string, open: () => Promise<Store>, cle
         expect(await store.listEntityKeys(a.entity, { includeRevoked: false })).toEqual([b]);
       });
 
+      it("at most maxActiveKeys unrevoked keys: one more is refused as over the limit and stores nothing; a revoked key frees a place", async () => {
+        for (let i = 0; i < 3; i++) expect(await store.registerEntityKey(key({ kid: `k${i}` }), 3)).toBe("registered");
+        expect(await store.registerEntityKey(key({ kid: "k3" }), 3)).toBe("limit");
+        expect((await store.listEntityKeys("alice@example.com", { includeRevoked: true })).map((k) => k.kid)).toEqual(["k0", "k1", "k2"]);
+        // A duplicate kid is reported as such even at the limit.
+        expect(await store.registerEntityKey(key({ kid: "k0" }), 3)).toBe("duplicate");
+        // Other entities have their own count.
+        expect(await store.registerEntityKey(key({ entity: "bob@example.com", kid: "k3" }), 3)).toBe("registered");
+        expect(await store.revokeEntityKey("alice@example.com", "k1", new Date(1_700_000_100_000))).toBe(true);
+        expect(await store.registerEntityKey(key({ kid: "k3" }), 3)).toBe("registered");
+        expect(await store.registerEntityKey(key({ kid: "k4" }), 3)).toBe("limit");
+      });
+
+      it("concurrent registrations of one entity never pass the limit", async () => {
+        const outcomes = await Promise.all(Array.from({ length: 40 }, (_, i) => store.registerEntityKey(key({ kid: `c${i}` }), 16)));
+        expect(outcomes.filter((o) => o === "registered")).toHaveLength(16);
+        expect(outcomes.filter((o) => o === "limit")).toHaveLength(24);
+        expect(await store.listEntityKeys("alice@example.com")).toHaveLength(16);
+      });
+
       it("revoking an unknown kid, or another entity's kid, is false and changes nothing", async () => {
         const k = key({ kid: "device-1" });
-        await store.registerEntityKey(k);
+        await store.registerEntityKey(k, 16);
         expect(await store.revokeEntityKey(k.entity, "device-2", new Date())).toBe(false);
         expect(await store.revokeEntityKey("bob@example.com", "device-1", new Date())).toBe(false);
         expect(await store.listEntityKeys(k.entity)).toEqual([k]);

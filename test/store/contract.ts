@@ -145,6 +145,32 @@ export function storeContract(name: string, open: () => Promise<Store>, cleanup?
       });
     });
 
+    describe("countChannelMessage", () => {
+      it('counts without a replay record: "recorded" up to the limit, then "exhausted"; an unknown channel is "unknown"', async () => {
+        const c = makeChannel();
+        await store.createChannel(c);
+        expect(await store.countChannelMessage(c.uri, 3)).toBe("recorded");
+        expect(await store.recordChannelMessage(c.uri, '"a"', 3)).toBe("recorded");
+        expect(await store.countChannelMessage(c.uri, 3)).toBe("recorded");
+        expect((await store.getChannel(c.uri))!.messageCount).toBe(3);
+        expect(await store.countChannelMessage(c.uri, 3)).toBe("exhausted");
+        expect(await store.recordChannelMessage(c.uri, '"b"', 3)).toBe("exhausted");
+        expect((await store.getChannel(c.uri))!.messageCount).toBe(3);
+        // The counted messages left no replay record: only "a" is a replay.
+        expect(await store.recordChannelMessage(c.uri, '"a"', 10)).toBe("replay");
+        expect(await store.countChannelMessage("kms://kms.example.com/ecdhe/nothing-here", 3)).toBe("unknown");
+      });
+
+      it("concurrent counts never pass the limit", async () => {
+        const c = makeChannel();
+        await store.createChannel(c);
+        const outcomes = await Promise.all(Array.from({ length: 30 }, () => store.countChannelMessage(c.uri, 20)));
+        expect(outcomes.filter((o) => o === "recorded")).toHaveLength(20);
+        expect(outcomes.filter((o) => o === "exhausted")).toHaveLength(10);
+        expect((await store.getChannel(c.uri))!.messageCount).toBe(20);
+      });
+    });
+
     describe("recordChannelMessage", () => {
       it('"recorded", then the same requestId is "replay" and does not count', async () => {
         const c = makeChannel();

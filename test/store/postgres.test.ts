@@ -149,9 +149,9 @@ suite("PostgresStore", () => {
       const s = new PostgresStore(TEST_POSTGRES_URL, { schema });
       stores.push(s);
       expect(await s.schemaVersion()).toBe(0);
-      expect(await s.migrateTo()).toEqual({ before: 0, after: 3, applied: [1, 2, 3] });
-      expect(await s.migrateTo()).toEqual({ before: 3, after: 3, applied: [] });
-      expect(await s.schemaVersion()).toBe(3);
+      expect(await s.migrateTo()).toEqual({ before: 0, after: 4, applied: [1, 2, 3, 4] });
+      expect(await s.migrateTo()).toEqual({ before: 4, after: 4, applied: [] });
+      expect(await s.schemaVersion()).toBe(4);
       const tables = await adminQuery<{ table_name: string }>(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name",
         [schema],
@@ -259,8 +259,8 @@ describe("keyward migrate --dir", () => {
     const dir = dataDir();
     const first = migrate(dir);
     expect(first, first.stderr).toMatchObject({ code: 0 });
-    expect(first.stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 3 (migrated from version 0)\n`);
-    expect(migrate(dir).stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 3 (already up to date)\n`);
+    expect(first.stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 4 (migrated from version 0)\n`);
+    expect(migrate(dir).stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 4 (already up to date)\n`);
   });
 
   suite("PostgreSQL", () => {
@@ -271,8 +271,8 @@ describe("keyward migrate --dir", () => {
       url.searchParams.set("schema", schema);
       const first = migrate(dir, url.toString());
       expect(first, first.stderr).toMatchObject({ code: 0 });
-      expect(first.stdout).toMatch(new RegExp(`^keyward: store postgres://\\S+ \\(schema ${schema}\\) at schema version 3 \\(migrated from version 0\\)\\n$`));
-      expect(migrate(dir, url.toString()).stdout).toMatch(/at schema version 3 \(already up to date\)/);
+      expect(first.stdout).toMatch(new RegExp(`^keyward: store postgres://\\S+ \\(schema ${schema}\\) at schema version 4 \\(migrated from version 0\\)\\n$`));
+      expect(migrate(dir, url.toString()).stdout).toMatch(/at schema version 4 \(already up to date\)/);
     });
 
     it("an unreachable server fails with the masked URL", () => {

@@ -1,6 +1,7 @@
 import { normalizeEntity } from "../../protocol/entity.js";
 import { KmsError } from "../../protocol/errors.js";
 import type { GenesisPayload, Operation, ParsedBlock } from "./types.js";
+import { echo } from "../../protocol/echo.js";
 
 const KMS_URI = /^kms:\/\//i;
 
@@ -107,17 +108,17 @@ export function applyOperations(
     }
     const entity = normalizeEntity(raw);
     if (entity === undefined) {
-      throw new KmsError(400, "ERR_OP_INVALID", `operations[${i}].entity '${raw}' is not an acct entity`);
+      throw new KmsError(400, "ERR_OP_INVALID", `operations[${i}].entity '${echo(raw)}' is not an acct entity`);
     }
     if (seen.has(entity)) {
-      throw new KmsError(400, "ERR_OP_DUPLICATE", `operations[${i}] names ${entity} a second time in the same block`);
+      throw new KmsError(400, "ERR_OP_DUPLICATE", `operations[${i}] names ${echo(entity)} a second time in the same block`);
     }
     seen.add(entity);
     if (op.optype === "add") {
-      if (next.has(entity)) throw new KmsError(400, "ERR_OP_MEMBER", `cannot add ${entity}: already a member`);
+      if (next.has(entity)) throw new KmsError(400, "ERR_OP_MEMBER", `cannot add ${echo(entity)}: already a member`);
       next.add(entity);
     } else if (op.optype === "remove") {
-      if (!next.has(entity)) throw new KmsError(400, "ERR_OP_NOT_MEMBER", `cannot remove ${entity}: not a member`);
+      if (!next.has(entity)) throw new KmsError(400, "ERR_OP_NOT_MEMBER", `cannot remove ${echo(entity)}: not a member`);
       next.delete(entity);
     } else {
       throw new KmsError(400, "ERR_OP_INVALID", `operations[${i}].optype must be 'add' or 'remove'`);

@@ -4,6 +4,8 @@ import { KmsError } from "../../protocol/errors.js";
 import { blockHash } from "../block-hash.js";
 import { samePrincipal } from "./membership.js";
 import type { AppendedPayload, GenesisPayload, Operation, ParsedBlock } from "./types.js";
+import { echo } from "../../protocol/echo.js";
+import { isCanonicalBase64url } from "../../protocol/jose/canonical-base64url.js";
 
 /** Options of `parseBlock`. */
 export interface ParseBlockOptions {
@@ -64,12 +66,18 @@ export async function parseBlock(jws: string, opts: ParseBlockOptions): Promise<
   const parts = jws.split(".");
   if (parts.length !== 3) throw malformed("a block must be a JWS compact serialization (three dot-separated parts)");
   const [headerPart, payloadPart, signaturePart] = parts as [string, string, string];
+  // §10: one spelling per block, so that its hash (of the text) is fixed by its signed content.
+  for (const [part, what] of [[headerPart, "protected header"], [payloadPart, "payload"], [signaturePart, "signature"]] as const) {
+    if (part !== "" && B64URL.test(part) && !isCanonicalBase64url(part)) {
+      throw malformed(`block ${what} is not canonical base64url (decoding and re-encoding it gives other text)`, "ERR_BLOCK_NOT_CANONICAL");
+    }
+  }
 
   const header = decodeJson(headerPart, "protected header");
   const { alg, kid } = header;
   if (typeof alg !== "string" || alg === "") throw malformed("block protected header has no string 'alg'", "ERR_ALG");
   if (alg.toLowerCase() === "none") throw malformed("block protected header 'alg: none' is refused", "ERR_ALG");
-  if (/^HS\d+$/i.test(alg)) throw malformed(`block protected header: HMAC algorithm '${alg}' is refused on a signed block`, "ERR_ALG");
+  if (/^HS\d+$/i.test(alg)) throw malformed(`block protected header: HMAC algorithm '${echo(alg)}' is refused on a signed block`, "ERR_ALG");
   if (header.crit !== undefined) throw malformed("block protected header: unknown 'crit' header parameter", "ERR_CRIT");
   if (kid !== undefined && (typeof kid !== "string" || kid === "")) {
     throw malformed("block protected header 'kid' must be a non-empty string");
@@ -206,10 +214,10 @@ function parseOperations(value: unknown, maxOperations: number, curator: string 
       );
     }
     const normalized = normalizeEntity(entity);
-    if (normalized === undefined) throw fieldError(`${at}.entity`, `'${entity}' is not an acct entity (user@domain)`);
+    if (normalized === undefined) throw fieldError(`${at}.entity`, `'${echo(entity)}' is not an acct entity (user@domain)`);
     if (optype !== "add" && optype !== "remove") throw fieldError(`${at}.optype`, "must be 'add' or 'remove'");
     if (genesis && optype !== "add") throw fieldError(`${at}.optype`, "must be 'add' in a genesis block");
-    if (seen.has(normalized)) throw fieldError(`${at}.entity`, `names ${normalized} a second time in the same block`);
+    if (seen.has(normalized)) throw fieldError(`${at}.entity`, `names ${echo(normalized)} a second time in the same block`);
     seen.add(normalized);
     return { entity: normalized, optype };
   });

@@ -5,6 +5,7 @@ import { blockHash } from "../block-hash.js";
 import { Membership, applyOperations, samePrincipal } from "./membership.js";
 import { parseBlock } from "./parse-block.js";
 import type { GenesisPayload, ParsedBlock } from "./types.js";
+import { echo } from "../../protocol/echo.js";
 
 /**
  * Stable codes of `ChainVerificationError`, one per way a chain can be wrong.
@@ -19,7 +20,9 @@ export type ChainErrorCode =
   | "ERR_CHAIN_LINK"
   | "ERR_CHAIN_NOT_MEMBER"
   | "ERR_CHAIN_OPERATION"
-  | "ERR_CHAIN_MALFORMED";
+  | "ERR_CHAIN_MALFORMED"
+  /** SDK only: a chain fetched again lacks blocks this client already had (rollback or fork). */
+  | "ERR_CHAIN_ROLLBACK";
 
 /**
  * Why a chain failed verification: a stable `code`, the position `index` of the first block
@@ -137,17 +140,17 @@ export async function verifyAppendedBlockSignature(
   const creator = block.payload.creator;
   const { alg, kid } = block.header;
   const refuse = (why?: string) =>
-    badRequest(`signature does not verify with a registered key of ${creator}${why ? `: ${why}` : ""}`, "ERR_SIGNATURE");
+    badRequest(`signature does not verify with a registered key of ${echo(creator)}${why ? `: ${why}` : ""}`, "ERR_SIGNATURE");
   let candidates: readonly JWK[];
   if (kid !== undefined) {
     candidates = keys.filter((k) => k.kid === kid);
-    if (candidates.length === 0) throw refuse(`kid '${kid}' names no key of ${creator}`);
+    if (candidates.length === 0) throw refuse(`kid '${echo(kid)}' names no key of ${echo(creator)}`);
     if (!candidates.some((k) => signatureAlgorithmsFor(k).includes(alg))) {
-      throw refuse(`alg '${alg}' does not fit the type of key '${kid}'`);
+      throw refuse(`alg '${echo(alg)}' does not fit the type of key '${echo(kid)}'`);
     }
   } else {
     candidates = keys.filter((k) => signatureAlgorithmsFor(k).includes(alg));
-    if (candidates.length === 0) throw refuse(`${creator} has no registered key for alg '${alg}'`);
+    if (candidates.length === 0) throw refuse(`${echo(creator)} has no registered key for alg '${echo(alg)}'`);
   }
   for (const candidate of candidates) {
     if (await verify(block.jws, candidate, alg)) return candidate;

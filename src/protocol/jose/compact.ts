@@ -1,5 +1,6 @@
 import { base64url } from "jose";
 import { badRequest } from "../errors.js";
+import { echo } from "../echo.js";
 
 /** What a compact serialization is: a JWS (3 parts) or a JWE (5 parts), with its protected header. */
 export interface CompactInfo {
@@ -42,7 +43,7 @@ export function checkCommonHeaderRules(header: Readonly<Record<string, unknown>>
   const alg = header.alg;
   if (typeof alg !== "string") throw badRequest("protected header has no 'alg'", "ERR_ALG");
   if (alg === "none") throw badRequest("'alg: none' is refused", "ERR_ALG");
-  if (/^HS\d+$/.test(alg)) throw badRequest(`HMAC algorithm '${alg}' is refused on a public-key object`, "ERR_ALG");
+  if (/^HS\d+$/.test(alg)) throw badRequest(`HMAC algorithm '${echo(alg)}' is refused on a public-key object`, "ERR_ALG");
   if (header.zip !== undefined) throw badRequest("compressed payloads ('zip') are not accepted", "ERR_ZIP");
   if (header.crit !== undefined) {
     // Keyward understands no critical header extension; §2 refuses unknown ones.

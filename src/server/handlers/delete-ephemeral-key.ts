@@ -1,6 +1,7 @@
 import { forbidden, notFound } from "../../protocol/errors.js";
 import { objectUri } from "../../protocol/uri.js";
 import type { Handler } from "../context.js";
+import { echo } from "../../protocol/echo.js";
 
 /**
  * `delete <ephemeral key uri>` (§5): only on that same channel (another channel's key: 403); the
@@ -10,7 +11,7 @@ export const deleteEphemeralKey: Handler = async ({ services, target, channel })
   const uri = objectUri(services.settings.authority, "ecdhe", target.segments[1]!);
   if (channel?.uri !== uri) {
     const other = await services.store.getChannel(uri);
-    if (!other) throw notFound(`no ephemeral key ${uri}`, "ERR_UNKNOWN_EPHEMERAL_KEY");
+    if (!other) throw notFound(`no ephemeral key ${echo(uri)}`, "ERR_UNKNOWN_EPHEMERAL_KEY");
     throw forbidden("an ephemeral key can only be deleted on its own channel", "ERR_NOT_YOUR_CHANNEL");
   }
   await services.store.deleteChannel(uri);

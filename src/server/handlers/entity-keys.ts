@@ -3,13 +3,17 @@ import { normalizeEntity } from "../../protocol/entity.js";
 import { validateEntityPublicJwk } from "../../protocol/jwk.js";
 import { rfc3339 } from "../key-agreement.js";
 import type { Handler, RequestContext } from "../context.js";
+import { echo } from "../../protocol/echo.js";
 
 /** `create /entities/keys` with `{jwk}` (§7): registers a device key of the authenticated entity. */
 export const registerEntityKey: Handler = async ({ services, request, identity }) => {
   const jwk = await validateEntityPublicJwk(request.jwk);
   const created = services.now();
-  const stored = await services.store.registerEntityKey({ entity: identity.entity, kid: jwk.kid, jwk, created });
-  if (!stored) throw conflict(`${identity.entity} already has a key with kid '${jwk.kid}'`, "ERR_DUPLICATE_KID");
+  const max = services.settings.maxKeysPerEntity;
+  const outcome = await services.store.registerEntityKey({ entity: identity.entity, kid: jwk.kid, jwk, created }, max);
+  if (outcome === "duplicate") throw conflict(`${echo(identity.entity)} already has a key with kid '${echo(jwk.kid)}'`, "ERR_DUPLICATE_KID");
+  // §10: the bound keeps every "try each key" loop (append without kid, GK wrapping) small.
+  if (outcome === "limit") throw conflict(`${echo(identity.entity)} already has ${max} unrevoked keys, the most an entity may register: revoke one first`, "ERR_TOO_MANY_KEYS");
   return { status: 201, key: { entity: identity.entity, jwk, created: rfc3339(created) } };
 };
 
@@ -34,14 +38,14 @@ export const revokeEntityKey: Handler = async (ctx) => {
   if (entity !== ctx.identity.entity) throw forbidden("only an entity can delete its own keys", "ERR_NOT_YOUR_KEY");
   const kid = decodeSegment(ctx.target.segments[3]!);
   if (!(await ctx.services.store.revokeEntityKey(entity, kid, ctx.services.now()))) {
-    throw notFound(`${entity} has no key '${kid}'`, "ERR_UNKNOWN_KEY");
+    throw notFound(`${echo(entity)} has no key '${echo(kid)}'`, "ERR_UNKNOWN_KEY");
   }
   return { status: 204 };
 };
 
 function entityOf(ctx: RequestContext): string {
   const entity = normalizeEntity(decodeSegment(ctx.target.segments[1]!));
-  if (!entity) throw notFound(`'${ctx.target.segments[1]}' is not an entity`, "ERR_NOT_FOUND");
+  if (!entity) throw notFound(`'${echo(ctx.target.segments[1])}' is not an entity`, "ERR_NOT_FOUND");
   return entity;
 }
 

@@ -8,6 +8,7 @@ import type { CoreServices, Handler } from "../context.js";
 import { describePolicy, isEntitled } from "../gk/policy.js";
 import { wrapGroupKey } from "../gk/wrap-group-key.js";
 import { rfc3339 } from "../key-agreement.js";
+import { echo } from "../../protocol/echo.js";
 
 /** The block a request names by hash, with the requester's membership at it checked (§9). */
 async function requireBlock(services: CoreServices, hash: unknown, entity: string): Promise<BlockRef> {
@@ -15,7 +16,7 @@ async function requireBlock(services: CoreServices, hash: unknown, entity: strin
   const found = await services.store.findBlock(hash);
   if (!found) throw notFound("field 'block' names no block of this KMS", "ERR_UNKNOWN_BLOCK");
   if (!(await services.store.isMemberAt(found.chainUri, entity, found.position))) {
-    throw forbidden(`${entity} is not a member of the group at that block`, "ERR_NOT_MEMBER");
+    throw forbidden(`${echo(entity)} is not a member of the group at that block`, "ERR_NOT_MEMBER");
   }
   return { hash, ...found };
 }
@@ -24,7 +25,7 @@ async function requireBlock(services: CoreServices, hash: unknown, entity: strin
 async function deviceKeysOf(services: CoreServices, entity: string): Promise<JWK[]> {
   const keys = await services.store.listEntityKeys(entity);
   if (keys.length === 0) {
-    throw conflict(`${entity} has no registered key to wrap the group key to: register one with 'create /entities/keys'`, "ERR_NO_ENTITY_KEY");
+    throw conflict(`${echo(entity)} has no registered key to wrap the group key to: register one with 'create /entities/keys'`, "ERR_NO_ENTITY_KEY");
   }
   return keys.map((k) => k.jwk as JWK);
 }
@@ -71,7 +72,7 @@ export const createGk: Handler = async ({ services, request, identity }) => {
 /** `update <gk uri>` with `block` (§9 Bind): the requester binds its unbound GK to a block it is a member at. */
 export const bindGk: Handler = async ({ services, request, identity, target }) => {
   const gk = await services.store.getGk(gkUriOf(services, target));
-  if (!gk) throw notFound(`no group key ${gkUriOf(services, target)}`, "ERR_UNKNOWN_GK");
+  if (!gk) throw notFound(`no group key ${echo(gkUriOf(services, target))}`, "ERR_UNKNOWN_GK");
   if (gk.requester !== identity.entity) throw forbidden("only the entity that created a group key may bind it", "ERR_NOT_YOUR_GK");
   if (gk.block) throw conflict(`the group key is already bound to block ${gk.block.hash}`, "ERR_GK_BOUND");
   const block = await requireBlock(services, request.block, identity.entity);
@@ -85,7 +86,7 @@ export const bindGk: Handler = async ({ services, request, identity, target }) =
 /** `retrieve <gk uri>` with `entity` (§9 Get): the policy decides, from the membership index. */
 export const getGk: Handler = async ({ services, request, identity, target }) => {
   const gk = await services.store.getGk(gkUriOf(services, target));
-  if (!gk) throw notFound(`no group key ${gkUriOf(services, target)}`, "ERR_UNKNOWN_GK");
+  if (!gk) throw notFound(`no group key ${echo(gkUriOf(services, target))}`, "ERR_UNKNOWN_GK");
   if (typeof request.entity !== "string") throw badRequest("field 'entity' is required (the entity to wrap the key to)", "ERR_FIELD");
   if (normalizeEntity(request.entity) !== identity.entity) {
     throw forbidden("field 'entity' must be the authenticated entity", "ERR_ENTITY_MISMATCH");

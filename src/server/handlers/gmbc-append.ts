@@ -7,6 +7,7 @@ import type { MembershipChange, NewBlock } from "../../store/store.js";
 import type { Handler } from "../context.js";
 import { chainUriOf } from "./gmbc-get.js";
 import { blockHashSync, verifyBlockSignature } from "../gmbc/node-crypto.js";
+import { echo } from "../../protocol/echo.js";
 
 /**
  * `create <chain uri>` with `blocks` (§8 Append): every check, all or nothing, in the profile's
@@ -19,7 +20,7 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
   const { settings, store } = services;
   const chainUri = chainUriOf(settings.authority, target);
   const chain = await store.getChain(chainUri);
-  if (!chain) throw notFound(`no chain ${chainUri}`, "ERR_UNKNOWN_CHAIN");
+  if (!chain) throw notFound(`no chain ${echo(chainUri)}`, "ERR_UNKNOWN_CHAIN");
 
   const input = request.blocks;
   if (!Array.isArray(input) || input.length === 0) throw badRequest("field 'blocks' must be a non-empty array of JWS strings", "ERR_FIELD");
@@ -42,9 +43,23 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
       throw badRequest(`blocks[${i}]: 'created' is more than ${settings.clockSkewSeconds} s in the future`, "ERR_BLOCK_CREATED");
     }
   }
-  for (const [i, b] of blocks.entries()) {
+  // §10: the request's whole signature cost is bounded before any signature is checked. A block
+  // with `kid` costs one verification; one without costs one per key of its creator.
+  const keysOf = new Map<string, Record<string, unknown>[]>();
+  let cost = 0;
+  for (const b of blocks) {
     const creator = (b.payload as AppendedPayload).creator;
-    const keys = (await store.listEntityKeys(creator)).map((k) => k.jwk);
+    if (!keysOf.has(creator)) keysOf.set(creator, (await store.listEntityKeys(creator)).map((k) => k.jwk));
+    cost += b.header.kid !== undefined ? 1 : keysOf.get(creator)!.length;
+  }
+  if (cost > settings.maxSignatureChecksPerAppend) {
+    throw badRequest(
+      `these blocks would cost ${cost} signature verifications, more than the ${settings.maxSignatureChecksPerAppend} one append may: put the signing key's 'kid' in each block's header`,
+      "ERR_TOO_MANY_SIGNATURE_CHECKS",
+    );
+  }
+  for (const [i, b] of blocks.entries()) {
+    const keys = keysOf.get((b.payload as AppendedPayload).creator)!;
     await verifyAppendedBlockSignature(b, keys as never, verifyBlockSignature).catch((e: Error & { reason?: string }) => {
       throw badRequest(`blocks[${i}]: ${e.reason ?? e.message}`, "ERR_BLOCK_SIGNATURE");
     });
@@ -66,7 +81,7 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
     const p = b.payload as AppendedPayload;
     const position = chain.length + i;
     if (!(await isMember(p.creator))) {
-      throw forbidden(`blocks[${i}]: its creator ${p.creator} is not a member of the group as of the block before it`, "ERR_NOT_MEMBER");
+      throw forbidden(`blocks[${i}]: its creator ${echo(p.creator)} is not a member of the group as of the block before it`, "ERR_NOT_MEMBER");
     }
     if (p.operations.length === 0) throw badRequest(`blocks[${i}]: field 'operations' is empty: a block changes the membership`, "ERR_OPERATION");
     for (const op of p.operations) {
@@ -74,8 +89,8 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
         throw badRequest(`blocks[${i}]: an operation names the curator ${curator}, a permanent member that cannot be added or removed`, "ERR_OPERATION");
       }
       const member = await isMember(op.entity);
-      if (op.optype === "add" && member) throw badRequest(`blocks[${i}]: 'add' of ${op.entity}, who is already a member`, "ERR_OPERATION");
-      if (op.optype === "remove" && !member) throw badRequest(`blocks[${i}]: 'remove' of ${op.entity}, who is not a member`, "ERR_OPERATION");
+      if (op.optype === "add" && member) throw badRequest(`blocks[${i}]: 'add' of ${echo(op.entity)}, who is already a member`, "ERR_OPERATION");
+      if (op.optype === "remove" && !member) throw badRequest(`blocks[${i}]: 'remove' of ${echo(op.entity)}, who is not a member`, "ERR_OPERATION");
       overlay.set(op.entity, op.optype === "add");
       changes.push({ entity: op.entity, optype: op.optype, position });
     }
@@ -86,6 +101,6 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
   if (outcome === "conflict") {
     throw conflict("another append landed on this tail first: fetch the new blocks and retry", "ERR_STALE_TAIL");
   }
-  if (outcome === "unknown") throw notFound(`no chain ${chainUri}`, "ERR_UNKNOWN_CHAIN");
+  if (outcome === "unknown") throw notFound(`no chain ${echo(chainUri)}`, "ERR_UNKNOWN_CHAIN");
   return { status: 200, tail: newBlocks[newBlocks.length - 1]!.hash };
 };

@@ -1,6 +1,7 @@
 import { badRequest, forbidden, notFound } from "../../protocol/errors.js";
 import { objectUri, type ResolvedUri } from "../../protocol/uri.js";
 import type { Handler } from "../context.js";
+import { echo } from "../../protocol/echo.js";
 
 /** The absolute URI of the chain a `/blocks/<id>` target names. */
 export function chainUriOf(authority: string, target: ResolvedUri): string {
@@ -16,7 +17,7 @@ export const getChain: Handler = async ({ services, request, target, identity })
   const { settings, store } = services;
   const chainUri = chainUriOf(settings.authority, target);
   const chain = await store.getChain(chainUri);
-  if (!chain) throw notFound(`no chain ${chainUri}`, "ERR_UNKNOWN_CHAIN");
+  if (!chain) throw notFound(`no chain ${echo(chainUri)}`, "ERR_UNKNOWN_CHAIN");
   const member = await store.isMemberAt(chainUri, identity.entity, chain.length - 1);
   const allowed = member || (settings.gmbcReaders === "members-and-former" && (await store.wasEverMember(chainUri, identity.entity)));
   if (!allowed) {

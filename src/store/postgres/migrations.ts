@@ -115,4 +115,32 @@ export const postgresMigrations: readonly { version: number; name: string; sql: 
       );
     `,
   },
+  {
+    version: 4,
+    name: "at most N unrevoked keys per entity",
+    sql: `
+      CREATE INDEX entity_keys_active ON entity_keys (entity) WHERE revoked_at IS NULL;
+      -- registerEntityKey with the §10 limit in one round trip. The advisory lock (per entity, held
+      -- to the end of the call's transaction) serializes registrations of one entity across nodes;
+      -- each later statement reads the latest committed rows (READ COMMITTED), so the count includes
+      -- the key the previous holder just inserted. Nothing is written unless 'registered'.
+      CREATE FUNCTION keyward_register_entity_key(p_entity TEXT, p_kid TEXT, p_jwk TEXT, p_created BIGINT, p_max INTEGER)
+      RETURNS TEXT LANGUAGE plpgsql VOLATILE AS $$
+      BEGIN
+        PERFORM pg_advisory_xact_lock(hashtextextended('keyward:entity_keys:' || p_entity, 0));
+        IF EXISTS (SELECT 1 FROM entity_keys WHERE entity = p_entity AND kid = p_kid) THEN
+          RETURN 'duplicate';
+        END IF;
+        IF (SELECT count(*) FROM entity_keys WHERE entity = p_entity AND revoked_at IS NULL) >= p_max THEN
+          RETURN 'limit';
+        END IF;
+        INSERT INTO entity_keys (entity, kid, jwk, created_at) VALUES (p_entity, p_kid, p_jwk, p_created) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+          RETURN 'duplicate';
+        END IF;
+        RETURN 'registered';
+      END
+      $$;
+    `,
+  },
 ];

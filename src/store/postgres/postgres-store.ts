@@ -8,9 +8,12 @@ import type {
   GkRecord,
   MembershipChange,
   NewBlock,
+  CountOutcome,
   RecordOutcome,
+  RegisterKeyOutcome,
   Store,
 } from "../store.js";
+import { StoreUnavailableError } from "../store.js";
 import { postgresMigrations } from "./migrations.js";
 
 export interface PostgresStoreOptions {
@@ -22,8 +25,24 @@ export interface PostgresStoreOptions {
   readonly schema?: string;
   /** Most connections in the pool (default 10). */
   readonly maxConnections?: number;
-  /** Milliseconds to wait for a new connection before failing (default 10 000). */
+  /**
+   * Milliseconds to wait for a connection (a new one, or a free one from the pool) before failing
+   * with {@link StoreUnavailableError} (default 5 000; the URL's `connect_timeout`, in seconds as
+   * in libpq, sets it too).
+   */
   readonly connectionTimeoutMillis?: number;
+  /**
+   * Milliseconds the client waits for a query's answer before giving up on it and on its
+   * connection (default 5 000; URL parameter `query_timeout`). This is what bounds a request when
+   * the server or the network stops answering without closing the connection (a blackhole).
+   */
+  readonly queryTimeoutMillis?: number;
+  /**
+   * The server-side `statement_timeout` in milliseconds (default 4 000, below the query timeout so
+   * that a slow but reachable server cancels the statement itself, and stops working on it, before
+   * the client gives up waiting; URL parameter `statement_timeout`). Migrations run without it.
+   */
+  readonly statementTimeoutMillis?: number;
   /**
    * Called when an idle pooled connection fails (the server restarted, the network dropped): the
    * pool discards it and opens a new one on demand. Default: ignore (the next query reports).
@@ -34,6 +53,62 @@ export interface PostgresStoreOptions {
 const SCHEMA_RE = /^[a-z_][a-z0-9_]{0,62}$/;
 /** First key of the two-key advisory lock taken while migrating ("kw" + "mg"). */
 const MIGRATION_LOCK_CLASS = 0x6b776d67;
+
+/** Defaults of {@link PostgresStoreOptions}: a store that stops answering fails a request within seconds. */
+export const POSTGRES_TIMEOUT_DEFAULTS = { connectionTimeoutMillis: 5_000, queryTimeoutMillis: 5_000, statementTimeoutMillis: 4_000 } as const;
+/** Migrations may take locks and rewrite tables: they get their own, generous, client timeout. */
+const MIGRATION_QUERY_TIMEOUT_MS = 10 * 60 * 1000;
+
+/** Socket errors that mean the server cannot be reached (or the connection to it died). */
+const NETWORK_CODES = new Set([
+  "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "EHOSTDOWN",
+  "ENETUNREACH", "ENETDOWN", "ENETRESET", "ENOTFOUND", "EAI_AGAIN",
+]);
+/**
+ * SQLSTATEs that say the server cannot serve or cannot write now, not that the request is wrong:
+ * class 08 (connection exception), 53 (insufficient resources: disk full, out of memory, too many
+ * connections), 57P01-57P05 (admin/crash shutdown, cannot connect now, idle session timeout),
+ * 57014 (statement_timeout reached), 55P03 (lock_timeout), 25006 (read-only transaction: a hot
+ * standby, or `default_transaction_read_only`), 58 (system error: I/O).
+ */
+function unavailableSqlState(code: string): boolean {
+  return /^(08|53|58)/.test(code) || /^57P0[1-5]$/.test(code) || code === "57014" || code === "55P03" || code === "25006";
+}
+/** node-pg and pg-pool report a dead, closed or slow connection with these messages (no code). */
+const DRIVER_MESSAGES: readonly [RegExp, string][] = [
+  [/Query read timeout/i, "QUERY_TIMEOUT"],
+  [/timeout exceeded when trying to connect|connection timeout/i, "CONNECT_TIMEOUT"],
+  [/Connection terminated/i, "CONNECTION_TERMINATED"],
+  [/not queryable|Cannot use a pool after calling end/i, "CONNECTION_CLOSED"],
+];
+
+/**
+ * A node-pg error as a {@link StoreUnavailableError} when it means "cannot reach / cannot write",
+ * else undefined (a constraint violation or a bug stays what it is).
+ *
+ * @example
+ * classifyPostgresError(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }))?.code; // "ECONNREFUSED"
+ */
+export function classifyPostgresError(e: unknown): StoreUnavailableError | undefined {
+  if (e instanceof StoreUnavailableError) return e;
+  if (!(e instanceof Error)) return undefined;
+  const code = (e as { code?: unknown }).code;
+  if (typeof code === "string" && (NETWORK_CODES.has(code) || (/^[0-9A-Z]{5}$/.test(code) && unavailableSqlState(code)))) {
+    return new StoreUnavailableError("postgres", code, e.message, { cause: e });
+  }
+  // An AggregateError (every address of a host refused) carries the codes in its parts.
+  if (e instanceof AggregateError) {
+    const inner = e.errors.map(classifyPostgresError).find((x) => x !== undefined);
+    if (inner) return new StoreUnavailableError("postgres", inner.code, inner.message, { cause: e });
+  }
+  for (const [re, name] of DRIVER_MESSAGES) if (re.test(e.message)) return new StoreUnavailableError("postgres", name, e.message, { cause: e });
+  return undefined;
+}
+
+/** Rethrows `e`, as a {@link StoreUnavailableError} when it is one. */
+function rethrow(e: unknown): never {
+  throw classifyPostgresError(e) ?? e;
+}
 
 /** `BIGINT` columns arrive as strings (node-pg keeps 64-bit precision); epoch-ms fit in a double. */
 type Int8 = string;
@@ -98,10 +173,12 @@ const SQL = {
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (client_key_thumbprint) DO NOTHING`,
   getChannel: "SELECT * FROM channels WHERE uri = $1",
   recordMessage: "SELECT keyward_record_channel_message($1, $2, $3) AS outcome",
+  countMessage: `WITH counted AS (UPDATE channels SET message_count = message_count + 1 WHERE uri = $1 AND message_count < $2 RETURNING 1)
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM counted) THEN 'recorded' WHEN EXISTS (SELECT 1 FROM channels WHERE uri = $1) THEN 'exhausted' ELSE 'unknown' END AS outcome`,
   deleteChannels: "DELETE FROM channels WHERE uri = $1 RETURNING uri",
   deleteExpired: "DELETE FROM channels WHERE expires_at < $1 RETURNING uri",
   deleteRequests: "DELETE FROM channel_requests WHERE channel_uri = ANY($1::text[])",
-  insertKey: "INSERT INTO entity_keys (entity, kid, jwk, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+  registerKey: "SELECT keyward_register_entity_key($1, $2, $3, $4, $5) AS outcome",
   activeKeys: "SELECT * FROM entity_keys WHERE entity = $1 AND revoked_at IS NULL ORDER BY created_at, kid",
   allKeys: "SELECT * FROM entity_keys WHERE entity = $1 ORDER BY created_at, kid",
   revokeKey: "UPDATE entity_keys SET revoked_at = $1 WHERE entity = $2 AND kid = $3 AND revoked_at IS NULL",
@@ -198,25 +275,41 @@ export class PostgresStore implements Store {
       connectionString = parsed.toString();
       connectionOptions = undefined;
     }
+    // libpq's `connect_timeout` (seconds) in the URL; node-pg itself only reads the pool option.
+    const urlConnectTimeout = Number(parsed?.searchParams.get("connect_timeout") ?? NaN);
     this.pool = new pg.Pool({
       connectionString,
       ...(connectionOptions ? { options: connectionOptions } : {}),
       max: options.maxConnections ?? 10,
-      connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
+      connectionTimeoutMillis:
+        options.connectionTimeoutMillis ?? (urlConnectTimeout > 0 ? urlConnectTimeout * 1000 : POSTGRES_TIMEOUT_DEFAULTS.connectionTimeoutMillis),
+      // URL parameters of the same names override these two (node-pg reads the connection string last).
+      query_timeout: options.queryTimeoutMillis ?? POSTGRES_TIMEOUT_DEFAULTS.queryTimeoutMillis,
+      statement_timeout: options.statementTimeoutMillis ?? POSTGRES_TIMEOUT_DEFAULTS.statementTimeoutMillis,
+      // A peer that vanished without a FIN is found by the OS, not only by the next query.
+      keepAlive: true,
       application_name: "keyward",
     });
     const onIdleError = options.onIdleError ?? (() => {});
-    // Without a listener, an idle connection's error would be an uncaught 'error' event.
+    // Without a listener, an idle connection's error (the server restarted or shut down, the
+    // network dropped) would be an uncaught 'error' event, and crash the process.
     this.pool.on("error", onIdleError);
   }
 
   private async run<R extends pg.QueryResultRow>(name: StatementName, values: readonly unknown[]): Promise<pg.QueryResult<R>> {
-    return this.pool.query<R>({ name, text: SQL[name], values: values as unknown[] });
+    return this.pool.query<R>({ name, text: SQL[name], values: values as unknown[] }).catch(rethrow);
   }
 
-  /** Runs `body` in one transaction on one connection (ROLLBACK when it throws). */
+  /**
+   * Runs `body` in one transaction on one connection (ROLLBACK when it throws). A connection that
+   * failed (unreachable, timed out) or cannot even roll back is discarded, not returned to the pool.
+   */
   private async transaction<T>(body: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
+    const client = await this.pool.connect().catch(rethrow);
+    // While checked out, the pool does not listen to the client: a connection that dies between
+    // two statements would emit an 'error' nobody handles. The failure reaches the next query.
+    const onError = () => {};
+    client.on("error", onError);
     let broken = false;
     try {
       await client.query("BEGIN");
@@ -224,10 +317,12 @@ export class PostgresStore implements Store {
       await client.query("COMMIT");
       return result;
     } catch (e) {
-      // A connection that cannot even roll back is discarded, not returned to the pool.
-      await client.query("ROLLBACK").catch(() => (broken = true));
-      throw e;
+      const unavailable = classifyPostgresError(e);
+      if (unavailable) broken = true; // no ROLLBACK on a dead connection: it would only wait for its own timeout
+      else await client.query("ROLLBACK").catch(() => (broken = true));
+      throw unavailable ?? e;
     } finally {
+      client.off("error", onError);
       client.release(broken);
     }
   }
@@ -242,7 +337,11 @@ export class PostgresStore implements Store {
    * nothing left to do. Creates the schema when missing. Returns the versions before and after.
    */
   async migrateTo(): Promise<{ before: number; after: number; applied: number[] }> {
-    return this.transaction(async (client) => {
+    return this.transaction(async (plain) => {
+      // DDL and the lock wait of a node that starts while another migrates are not bounded by the
+      // request timeouts.
+      const client = { query: <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => plain.query<R>({ text, values, query_timeout: MIGRATION_QUERY_TIMEOUT_MS } as pg.QueryConfig) };
+      await client.query("SET LOCAL statement_timeout = 0");
       await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [MIGRATION_LOCK_CLASS, this.schema]);
       // CREATE ... IF NOT EXISTS checks the CREATE privilege even when the object exists: create
       // only what is missing, so that an up-to-date schema migrates without any DDL privilege.
@@ -272,14 +371,14 @@ export class PostgresStore implements Store {
   /** The highest applied migration (0 when none, or the schema is missing). */
   async schemaVersion(): Promise<number> {
     const table = `${quoteIdent(this.schema)}.schema_migrations`;
-    const present = await this.pool.query<{ present: boolean }>("SELECT to_regclass($1) IS NOT NULL AS present", [table]);
+    const present = await this.pool.query<{ present: boolean }>("SELECT to_regclass($1) IS NOT NULL AS present", [table]).catch(rethrow);
     if (!present.rows[0]?.present) return 0;
-    const r = await this.pool.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${table}`);
+    const r = await this.pool.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${table}`).catch(rethrow);
     return r.rows[0]?.v ?? 0;
   }
 
   async ping(): Promise<void> {
-    await this.pool.query("SELECT 1");
+    await this.pool.query("SELECT 1").catch(rethrow);
   }
 
   async close(): Promise<void> {
@@ -355,13 +454,18 @@ export class PostgresStore implements Store {
     return r.rows[0]!.outcome;
   }
 
+  async countChannelMessage(uri: string, messageLimit: number): Promise<CountOutcome> {
+    const r = await this.run<{ outcome: CountOutcome }>("countMessage", [uri, messageLimit]);
+    return r.rows[0]!.outcome;
+  }
+
   async purgeChannels(before: Date): Promise<number> {
     return this.deleteChannelsTx("deleteExpired", before.getTime());
   }
 
-  async registerEntityKey(key: EntityKeyRecord): Promise<boolean> {
-    const r = await this.run("insertKey", [key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime()]);
-    return r.rowCount === 1;
+  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome> {
+    const r = await this.run<{ outcome: RegisterKeyOutcome }>("registerKey", [key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime(), maxActiveKeys]);
+    return r.rows[0]!.outcome;
   }
 
   async listEntityKeys(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKeyRecord[]> {

@@ -85,4 +85,11 @@ export const sqliteMigrations: readonly { version: number; name: string; sql: st
       );
     `,
   },
+  {
+    // PostgreSQL's version 4 also adds a function; SQLite counts inside an IMMEDIATE transaction
+    // instead (src/store/sqlite/sqlite-store.ts). The index makes that count cheap.
+    version: 4,
+    name: "at most N unrevoked keys per entity",
+    sql: "CREATE INDEX IF NOT EXISTS entity_keys_active ON entity_keys (entity) WHERE revoked_at IS NULL;",
+  },
 ];

@@ -8,14 +8,46 @@ import type {
   GkRecord,
   MembershipChange,
   NewBlock,
+  CountOutcome,
   RecordOutcome,
+  RegisterKeyOutcome,
   Store,
 } from "../store.js";
+import { StoreUnavailableError } from "../store.js";
 import { sqliteMigrations } from "./migrations.js";
+
+/**
+ * SQLite result codes (with their extended forms, `SQLITE_IOERR_WRITE` etc.) that mean the data
+ * file cannot be opened or written now: read-only file or file system, I/O error, disk full, and
+ * a lock still held by another connection once `busy_timeout` has run out.
+ */
+const UNAVAILABLE_CODES = ["SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_BUSY"];
+
+/**
+ * A better-sqlite3 error as a {@link StoreUnavailableError} when it means "cannot open / cannot
+ * write", else undefined (a constraint violation or a bug stays what it is).
+ *
+ * @example
+ * classifySqliteError(Object.assign(new Error("attempt to write a readonly database"), { code: "SQLITE_READONLY" }))?.code; // "SQLITE_READONLY"
+ */
+export function classifySqliteError(e: unknown): StoreUnavailableError | undefined {
+  if (e instanceof StoreUnavailableError) return e;
+  if (!(e instanceof Error)) return undefined;
+  const code = (e as { code?: unknown }).code;
+  if (typeof code === "string" && UNAVAILABLE_CODES.some((c) => code === c || code.startsWith(`${c}_`))) {
+    return new StoreUnavailableError("sqlite", code, e.message, { cause: e });
+  }
+  // better-sqlite3 after close(): the store is shutting down.
+  if (e instanceof TypeError && /database connection is not open/i.test(e.message)) {
+    return new StoreUnavailableError("sqlite", "SQLITE_CLOSED", e.message, { cause: e });
+  }
+  return undefined;
+}
 
 interface PendingRecord {
   readonly uri: string;
-  readonly requestId: string;
+  /** undefined: count the message only (a refusal answered before the replay check). */
+  readonly requestId: string | undefined;
   readonly limit: number;
   resolve?: (outcome: RecordOutcome) => void;
   reject?: (e: unknown) => void;
@@ -132,6 +164,8 @@ export class SqliteStore implements Store {
       channelExists: db.prepare("SELECT 1 FROM channels WHERE uri = ?").pluck(),
       expired: db.prepare("SELECT uri FROM channels WHERE expires_at < ?").pluck(),
       insertKey: db.prepare("INSERT INTO entity_keys (entity, kid, jwk, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+      hasKid: db.prepare("SELECT 1 FROM entity_keys WHERE entity = ? AND kid = ?").pluck(),
+      countActiveKeys: db.prepare("SELECT count(*) FROM entity_keys WHERE entity = ? AND revoked_at IS NULL").pluck(),
       activeKeys: db.prepare("SELECT * FROM entity_keys WHERE entity = ? AND revoked_at IS NULL ORDER BY created_at, kid"),
       allKeys: db.prepare("SELECT * FROM entity_keys WHERE entity = ? ORDER BY created_at, kid"),
       revokeKey: db.prepare("UPDATE entity_keys SET revoked_at = ? WHERE entity = ? AND kid = ? AND revoked_at IS NULL"),
@@ -225,10 +259,10 @@ export class SqliteStore implements Store {
     // transaction (one WAL append instead of one per request), each with its own outcome.
     const recordBatch = this.db.transaction((items: readonly PendingRecord[]): RecordOutcome[] =>
       items.map(({ uri, requestId, limit }): RecordOutcome => {
-        if (this.stmts.insertRequest.run(uri, requestId).changes === 0) return "replay";
+        if (requestId !== undefined && this.stmts.insertRequest.run(uri, requestId).changes === 0) return "replay";
         if (this.stmts.countChannel.run(uri, limit).changes === 0) {
           // Exhausted or unknown: leave no replay record behind.
-          this.stmts.deleteRequest.run(uri, requestId);
+          if (requestId !== undefined) this.stmts.deleteRequest.run(uri, requestId);
           return this.stmts.channelExists.get(uri) ? "exhausted" : "unknown";
         }
         return "recorded";
@@ -265,7 +299,13 @@ export class SqliteStore implements Store {
     const insertGks = this.db.transaction((gks: readonly GkRecord[]) => {
       for (const gk of gks) this.insertGk(gk);
     });
-    return { deleteChannel, recordBatch, createChain, append, purge, insertGks };
+    const registerKey = this.db.transaction((key: EntityKeyRecord, maxActiveKeys: number): RegisterKeyOutcome => {
+      if (this.stmts.hasKid.get(key.entity, key.kid) !== undefined) return "duplicate";
+      if ((this.stmts.countActiveKeys.get(key.entity) as number) >= maxActiveKeys) return "limit";
+      this.stmts.insertKey.run(key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime());
+      return "registered";
+    });
+    return { deleteChannel, recordBatch, createChain, append, purge, insertGks, registerKey };
   }
 
   private insertBlock(chainUri: string, b: NewBlock): void {
@@ -277,6 +317,14 @@ export class SqliteStore implements Store {
   }
 
   async recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome> {
+    return this.queueRecord(uri, requestId, messageLimit);
+  }
+
+  async countChannelMessage(uri: string, messageLimit: number): Promise<CountOutcome> {
+    return this.queueRecord(uri, undefined, messageLimit) as Promise<CountOutcome>;
+  }
+
+  private queueRecord(uri: string, requestId: string | undefined, messageLimit: number): Promise<RecordOutcome> {
     return new Promise<RecordOutcome>((resolve, reject) => {
       this.pendingRecords.push({ uri, requestId, limit: messageLimit, resolve, reject });
       if (this.pendingRecords.length === 1) setImmediate(() => this.flushRecords());
@@ -294,8 +342,10 @@ export class SqliteStore implements Store {
     }
   }
 
-  async registerEntityKey(key: EntityKeyRecord): Promise<boolean> {
-    return this.stmts.insertKey.run(key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime()).changes === 1;
+  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome> {
+    // IMMEDIATE: the count and the insert hold the write lock together, so worker processes
+    // sharing the file cannot both pass the limit.
+    return this.transactions.registerKey.immediate(key, maxActiveKeys);
   }
 
   async listEntityKeys(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKeyRecord[]> {
@@ -404,4 +454,34 @@ export class SqliteStore implements Store {
   async purgeChannels(before: Date): Promise<number> {
     return this.transactions.purge.immediate(before.getTime());
   }
+}
+
+/**
+ * The Store methods of {@link SqliteStore}, each wrapped below so that every failure to open or
+ * write the data file reaches the caller as a {@link StoreUnavailableError} (better-sqlite3 is
+ * synchronous: the errors are thrown inside the async methods, group commits included).
+ */
+const GUARDED_METHODS = [
+  "migrate", "ping", "close", "getKeyring", "initKeyring", "createChannel", "getChannel", "deleteChannel",
+  "recordChannelMessage", "countChannelMessage", "purgeChannels", "registerEntityKey", "listEntityKeys", "revokeEntityKey",
+  "createChain", "appendBlocks", "getChain", "getBlocks", "findBlock", "isMemberAt", "wasEverMember",
+  "createGk", "getGk", "bindGk",
+] as const satisfies readonly (keyof Store)[];
+// Compile-time check that no Store method is left out of GUARDED_METHODS.
+const everyMethodGuarded: Exclude<keyof Store, (typeof GUARDED_METHODS)[number]> extends never ? true : never = true;
+void everyMethodGuarded;
+
+for (const name of GUARDED_METHODS) {
+  const original = SqliteStore.prototype[name] as (...args: unknown[]) => Promise<unknown>;
+  Object.defineProperty(SqliteStore.prototype, name, {
+    configurable: true,
+    writable: true,
+    value: async function guarded(this: SqliteStore, ...args: unknown[]): Promise<unknown> {
+      try {
+        return await original.apply(this, args);
+      } catch (e) {
+        throw classifySqliteError(e) ?? e;
+      }
+    },
+  });
 }
