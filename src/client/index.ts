@@ -9,6 +9,18 @@ export {
   type WebSocketConstructor,
   type WebSocketLike,
 } from "./websocket-transport.js";
+export {
+  XmppTransport,
+  xmppJsConnection,
+  KMS_XMPP_NAMESPACE,
+  type XmppTransportOptions,
+  type XmppConnection,
+  type XmppIqRequest,
+  type XmppIqReply,
+  type XmppJsClientLike,
+  type XmppJsElementLike,
+  type XmppJsXml,
+} from "./xmpp-transport.js";
 export { DeviceKey, type DeviceKeyType, type DeviceKeyAlgorithm, type KeyedJwk } from "./device-key.js";
 export { GroupKeys, type GroupKey, type DeviceKeyLike } from "./group-keys.js";
 export {

@@ -84,6 +84,19 @@ function parseHttpUrl(value: string): URL | undefined {
 }
 
 /**
+ * The XMPP server's component port as `xmpp://host:port` (host a DNS name, an IPv4 address or
+ * `[ipv6]`; the port is required: XEP-0114 has no registered default). Undefined when it is not one.
+ */
+function parseXmppService(value: string): { host: string; port: number } | undefined {
+  const m = /^xmpp:\/\/(\[[^\]]+\]|[^:/?#[\]@]+):(\d{1,5})\/?$/.exec(value);
+  if (!m) return undefined;
+  const host = m[1]!.startsWith("[") ? m[1]!.slice(1, -1) : m[1]!;
+  if (m[1]!.startsWith("[") ? !isIPv6(host) : !isIPv4(host) && !isHostname(host)) return undefined;
+  const port = parsePort(m[2]!, 1);
+  return port === undefined ? undefined : { host, port };
+}
+
+/**
  * `corsOrigins` (§3): `*`, or the browser origins allowed, as a comma-separated string or (in
  * config.json) an array; each an http(s) origin, normalized as browsers send it (`URL.origin`).
  * An empty array allows no browser origin. Returns the reason when the value is wrong.
@@ -241,6 +254,12 @@ export const configSchema = z.strictObject({
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(", ")}` }).default("info"),
   masterKeyFile: nonEmpty().default("master.key"),
   staticKeyFile: nonEmpty().default("static-key.json"),
+  xmppService: checkedString((s) =>
+    parseXmppService(s) === undefined ? "expected xmpp://host:port, the XMPP server's component port (e.g. xmpp://127.0.0.1:5347)" : undefined,
+  ).optional(),
+  xmppDomain: checkedString((s) => (isHostname(s) ? undefined : "expected the component's JID, a DNS domain name (e.g. kms.example.com)")).optional(),
+  xmppSecret: nonEmpty().optional(),
+  xmppMaxStanzaBytes: intIn(4096).default(524_288),
   devIdp: z
     .strictObject({ listen: listenString.default(DEFAULT_DEV_IDP_LISTEN) }, { error: 'must be an object such as { "listen": "127.0.0.1:8485" }' })
     .optional(),
@@ -330,6 +349,10 @@ export const CONFIG_KEYS = {
   logLevel: { env: "KEYWARD_LOG_LEVEL", envType: "string", required: false, default: "info", description: `Log level: ${LOG_LEVELS.join(", ")}.` },
   masterKeyFile: { env: "KEYWARD_MASTER_KEY_FILE", envType: "string", required: false, default: "master.key", description: "File holding the master key (relative to the data directory); see also `KEYWARD_MASTER_KEY`." },
   staticKeyFile: { env: "KEYWARD_STATIC_KEY_FILE", envType: "string", required: false, default: "static-key.json", description: "File holding the KMS static key (relative to the data directory)." },
+  xmppService: { env: "KEYWARD_XMPP_SERVICE", envType: "string", required: false, default: undefined, description: "XMPP binding (§3): the XMPP server's component port, `xmpp://host:port`; the KMS connects there as an external component (XEP-0114). Set `xmppService`, `xmppDomain` and `xmppSecret` together or not at all." },
+  xmppDomain: { env: "KEYWARD_XMPP_DOMAIN", envType: "string", required: false, default: undefined, description: "XMPP binding: the component's JID (e.g. `kms.example.com`), as configured on the XMPP server." },
+  xmppSecret: { env: "KEYWARD_XMPP_SECRET", envType: "string", required: false, default: undefined, secret: true, description: "XMPP binding: the component's shared secret (XEP-0114 handshake)." },
+  xmppMaxStanzaBytes: { env: "KEYWARD_XMPP_MAX_STANZA_BYTES", envType: "integer", required: false, default: "524288", description: "XMPP binding: the XMPP server's stanza size limit on the component stream (Prosody's `component_stanza_size_limit`, 512 KiB by default); a reply that would exceed it is answered with a JWS 413 instead of breaking the link." },
   devIdp: { env: "KEYWARD_DEV_IDP_LISTEN", envType: "string", required: false, default: undefined, description: `\`keyward dev\` only: built-in identity provider, \`{ "listen": "host:port" }\` (listen defaults to ${DEFAULT_DEV_IDP_LISTEN}).` },
 } as const satisfies Record<ConfigKey, ConfigKeyInfo>;
 
@@ -500,8 +523,29 @@ export interface KeywardConfig {
   /** Absolute path. */
   readonly staticKeyFile: string;
   readonly devIdp?: { readonly listen: string; readonly listenHost: string; readonly listenPort: number };
+  /** The XMPP binding (§3), when `xmppService`, `xmppDomain` and `xmppSecret` are all set. */
+  readonly xmpp?: XmppConfig;
   /** The master key from `KEYWARD_MASTER_KEY`, when set. Never written to files. */
   readonly masterKeyFromEnv?: string;
+}
+
+/**
+ * The XMPP binding's configuration (§3): where the XMPP server's component port is, the component's
+ * JID and its shared secret.
+ *
+ * @example
+ * if (config.xmpp) connectXmpp({ service: config.xmpp.service, domain: config.xmpp.domain, secret: config.xmpp.secret });
+ */
+export interface XmppConfig {
+  /** `xmpp://host:port`, as configured. */
+  readonly service: string;
+  readonly host: string;
+  readonly port: number;
+  /** The component's JID, lower-cased. */
+  readonly domain: string;
+  readonly secret: string;
+  /** The XMPP server's stanza size limit on the component stream, in bytes. */
+  readonly maxStanzaBytes: number;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -621,6 +665,19 @@ export function resolveConfig(
     }
   }
 
+  const xmppKeys = ["xmppService", "xmppDomain", "xmppSecret"] as const;
+  const xmppSet = xmppKeys.filter((k) => v[k] !== undefined);
+  if (xmppSet.length > 0 && xmppSet.length < xmppKeys.length) {
+    const missing = xmppKeys.filter((k) => v[k] === undefined);
+    const names = missing.map((k) => `'${k}'`).join(" and ");
+    const envs = missing.map((k) => CONFIG_KEYS[k].env).join(" / ");
+    throw new ConfigError(
+      missing[0]!,
+      `config: the XMPP binding needs all of 'xmppService', 'xmppDomain' and 'xmppSecret' or none: ${names} ${missing.length > 1 ? "are" : "is"} missing (set ${missing.length > 1 ? "them" : "it"} in config.json or ${envs})`,
+    );
+  }
+  const xmppService = v.xmppService === undefined ? undefined : parseXmppService(v.xmppService)!;
+
   const listen = parseListen(v.listen);
   const authority = parseAuthority(v.authority)!;
   const store = parseStoreUrl(v.storeUrl ?? `sqlite:${join(dir, "keyward.db")}`) as ParsedStoreUrl;
@@ -669,6 +726,10 @@ export function resolveConfig(
     staticKeyFile: resolvePath(dir, v.staticKeyFile),
     ...(v.devIdp !== undefined &&
       devIdpListen !== undefined && { devIdp: { listen: v.devIdp.listen, listenHost: devIdpListen.host, listenPort: devIdpListen.port } }),
+    ...(xmppService !== undefined &&
+      v.xmppService !== undefined && v.xmppDomain !== undefined && v.xmppSecret !== undefined && {
+        xmpp: { service: v.xmppService, host: xmppService.host, port: xmppService.port, domain: v.xmppDomain.toLowerCase(), secret: v.xmppSecret, maxStanzaBytes: v.xmppMaxStanzaBytes },
+      }),
     ...(masterKeyFromEnv !== undefined && masterKeyFromEnv !== "" && { masterKeyFromEnv }),
   };
 }

@@ -18,7 +18,7 @@ import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig, type KeywardConfig } from "../config/config.js";
 import type { Kms } from "./kms.js";
-import { serveDataDir } from "./start.js";
+import { serveDataDir, WORKER_SLOT_ENV } from "./start.js";
 
 /** The served KMS, as `serveWorkers` returns it once every worker listens. */
 export interface ServedKms {
@@ -131,7 +131,8 @@ class Primary {
   }
 
   private fork(slot: Slot): void {
-    const worker = cluster.fork();
+    // The slot number (stable across restarts): only slot 0 holds the XMPP component link (start.ts).
+    const worker = cluster.fork({ [WORKER_SLOT_ENV]: String(this.slots.indexOf(slot)) });
     Object.assign(slot, { worker, pid: worker.process.pid, listening: false, startedAt: Date.now(), error: undefined });
     worker.on("message", (m: FromWorker) => {
       if (slot.worker !== worker || typeof m !== "object" || m === null) return;

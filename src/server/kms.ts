@@ -46,6 +46,19 @@ export interface KmsOptions {
 }
 
 /**
+ * A connection the KMS holds open to a transport that it dials itself (the XMPP component link,
+ * §3): `/readyz` fails while one is down, and `close()` closes them.
+ *
+ * @example
+ * kms.attach(XmppBinding.start(options));
+ */
+export interface KmsLink {
+  /** Throws while the link is down. */
+  assertReady(): void;
+  close(): Promise<void>;
+}
+
+/**
  * A KMS assembled from its parts: store behind the barrier, static key, authenticator, core, and
  * the HTTP binding. `keyward serve` builds one from a data dir (src/server/start.ts); tests build
  * one directly.
@@ -59,6 +72,7 @@ export class Kms {
   private purgeTimer?: NodeJS.Timeout;
   private lag?: EventLoopLag;
   private ws?: WsBinding;
+  private readonly links: KmsLink[] = [];
 
   private constructor(
     readonly core: KmsCore,
@@ -97,6 +111,16 @@ export class Kms {
     return new Kms(core, options, registry);
   }
 
+  /**
+   * Holds `link` for the KMS's lifetime: it counts for `/readyz` and is closed by `close()`.
+   *
+   * @example
+   * kms.attach(XmppBinding.start({ ...config.xmpp, handle: (m) => kms.core.handle(m), ... }));
+   */
+  attach(link: KmsLink): void {
+    this.links.push(link);
+  }
+
   /** The `/.well-known/kms` document (§3). */
   wellKnown(): unknown {
     return kmsDiscoveryDocument(this.options.settings.authority, this.options.staticKey);
@@ -109,7 +133,10 @@ export class Kms {
     return createHttpHandler({
       handle: (m) => this.core.handle(m),
       wellKnown: () => this.wellKnown(),
-      ready: () => store.ping(),
+      ready: async () => {
+        await store.ping();
+        for (const link of this.links) link.assertReady();
+      },
       metrics: async () => ({ contentType: this.registry.contentType, body: await this.registry.metrics() }),
       maxMessageBytes: settings.maxMessageBytes,
       maxBatchMessages: settings.maxBatchMessages,
@@ -192,6 +219,7 @@ export class Kms {
 
   /** Stops accepting connections, lets in-flight requests finish, closes the store. */
   async close(): Promise<void> {
+    for (const link of this.links.splice(0)) await link.close();
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     this.lag?.stop();
     // Upgraded sockets hold server.close() open: the WebSocket binding closes them first.

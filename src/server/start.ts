@@ -1,3 +1,4 @@
+import cluster from "node:cluster";
 import { loadConfig, type KeywardConfig } from "../config/config.js";
 import { BearerJwtValidator } from "../identity/bearer-jwt.js";
 import { readFileSync } from "node:fs";
@@ -8,7 +9,17 @@ import { CHANNEL_MESSAGE_LIMIT } from "../protocol/constants.js";
 import { openStore } from "../store/open-store.js";
 import { createLogger } from "./logger.js";
 import { loadMasterKey, loadStaticKey } from "./data-dir.js";
+import { XmppBinding } from "../transport/xmpp/xmpp-binding.js";
 import { Kms } from "./kms.js";
+
+/**
+ * Set by `serve --workers N`'s primary in each worker's environment (src/server/cluster.ts): the
+ * worker's slot, 0..N-1, the same across restarts.
+ *
+ * @example
+ * cluster.fork({ [WORKER_SLOT_ENV]: "0" });
+ */
+export const WORKER_SLOT_ENV = "KEYWARD_CLUSTER_WORKER_SLOT";
 
 /**
  * Builds a KMS from a resolved configuration: master key, static key, store, token validation.
@@ -45,7 +56,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
   const certificates = config.trustRoots
     ? new CertificateCredentialValidator({ trustRootsPem: readFileSync(config.trustRoots, "utf8") })
     : undefined;
-  return Kms.create({
+  const kms = await Kms.create({
     settings: {
       authority: config.authority,
       ephemeralKeyLifetimeSeconds: config.ephemeralKeyLifetime,
@@ -76,6 +87,27 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
     }),
     logger,
   });
+  // The XMPP binding (§3): the KMS dials the XMPP server as a component and keeps the link up. An
+  // XMPP server takes one connection per component JID (Prosody refuses a second one with
+  // <conflict/>), so of `serve --workers N` only worker slot 0 holds it.
+  if (config.xmpp && (!cluster.isWorker || process.env[WORKER_SLOT_ENV] === "0")) {
+    kms.attach(
+      XmppBinding.start({
+        service: config.xmpp.service,
+        domain: config.xmpp.domain,
+        secret: config.xmpp.secret,
+        handle: (m) => kms.core.handle(m),
+        wellKnown: () => kms.wellKnown(),
+        refuse: (status, reason) => staticKey.sign({ status, reason }),
+        maxMessageBytes: config.maxMessageBytes,
+        maxStanzaBytes: config.xmpp.maxStanzaBytes,
+        maxInFlight: config.maxInFlight,
+        logger,
+        registry: kms.registry,
+      }),
+    );
+  }
+  return kms;
 }
 
 /** `keyward serve --dir DIR`: load, build, listen. */

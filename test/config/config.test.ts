@@ -186,6 +186,10 @@ describe("environment overrides", () => {
     ["logLevel", "KEYWARD_LOG_LEVEL", "trace", (c) => c.logLevel, "trace"],
     ["masterKeyFile", "KEYWARD_MASTER_KEY_FILE", "/etc/keyward/master.key", (c) => c.masterKeyFile, "/etc/keyward/master.key"],
     ["staticKeyFile", "KEYWARD_STATIC_KEY_FILE", "keys/static.json", (c) => c.staticKeyFile, "<dir>/keys/static.json"],
+    ["xmppService", "KEYWARD_XMPP_SERVICE", "xmpp://[::1]:5347", (c) => [c.xmpp?.service, c.xmpp?.host, c.xmpp?.port], ["xmpp://[::1]:5347", "::1", 5347]],
+    ["xmppDomain", "KEYWARD_XMPP_DOMAIN", "KMS.Other.Org", (c) => c.xmpp?.domain, "kms.other.org"],
+    ["xmppSecret", "KEYWARD_XMPP_SECRET", "env-secret", (c) => c.xmpp?.secret, "env-secret"],
+    ["xmppMaxStanzaBytes", "KEYWARD_XMPP_MAX_STANZA_BYTES", "65536", (c) => c.xmpp?.maxStanzaBytes, 65536],
     ["devIdp", "KEYWARD_DEV_IDP_LISTEN", "[::1]:9999", (c) => c.devIdp, { listen: "[::1]:9999", listenHost: "::1", listenPort: 9999 }],
   ];
 
@@ -195,7 +199,14 @@ describe("environment overrides", () => {
 
   it.each(cases)("%s is overridden by %s", (key, env, raw, get, expected) => {
     // Client credentials in the file: an introspection URL requires them.
-    writeRaw(key === "oauthIntrospectionUrl" ? { ...BASE, oauthClientId: "kms", oauthClientSecret: "s3cret" } : BASE);
+    // The XMPP keys come as a set of three: the other two in the file.
+    writeRaw(
+      key === "oauthIntrospectionUrl"
+        ? { ...BASE, oauthClientId: "kms", oauthClientSecret: "s3cret" }
+        : key.startsWith("xmpp")
+          ? { ...BASE, xmppService: "xmpp://127.0.0.1:5347", xmppDomain: "kms.example.com", xmppSecret: "file-secret" }
+          : BASE,
+    );
     expect(envNameOf(key)).toBe(env);
     const c = loadConfig(dir, { [env]: raw });
     const want = JSON.parse(JSON.stringify(expected).replaceAll("<dir>", dir)) as unknown;
@@ -594,6 +605,65 @@ describe("resolveConfig", () => {
     const c = resolveConfig(dir, BASE, { KEYWARD_WORKERS: "2" });
     expect(c.workers).toBe(2);
     expect(c.staticKeyFile).toBe(join(dir, "static-key.json"));
+  });
+});
+
+describe("the XMPP binding's configuration (§3)", () => {
+  const XMPP_ENV = { KEYWARD_XMPP_SERVICE: "xmpp://127.0.0.1:5347", KEYWARD_XMPP_DOMAIN: "kms.example.com", KEYWARD_XMPP_SECRET: "s3cret" };
+
+  it("is absent by default", () => {
+    expect(resolveConfig(dir, BASE, {}).xmpp).toBeUndefined();
+  });
+
+  it("all three variables give config.xmpp, host and port split, the domain lower-cased", () => {
+    const c = resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_DOMAIN: "KMS.Example.COM" });
+    expect(c.xmpp).toEqual({ service: "xmpp://127.0.0.1:5347", host: "127.0.0.1", port: 5347, domain: "kms.example.com", secret: "s3cret", maxStanzaBytes: 524_288 });
+    expect(resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_SERVICE: "xmpp://xmpp.example.com:15347" }).xmpp).toMatchObject({ host: "xmpp.example.com", port: 15347 });
+    expect(resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_SERVICE: "xmpp://[::1]:5347/" }).xmpp).toMatchObject({ host: "::1", port: 5347 });
+  });
+
+  it("the keys may come from config.json too", () => {
+    writeRaw({ ...BASE, xmppService: "xmpp://127.0.0.1:5347", xmppDomain: "kms.example.com", xmppSecret: "from-file" });
+    expect(loadConfig(dir, {}).xmpp?.secret).toBe("from-file");
+  });
+
+  it.each([
+    [["KEYWARD_XMPP_SERVICE"], "xmppDomain", /'xmppDomain' and 'xmppSecret' are missing/],
+    [["KEYWARD_XMPP_DOMAIN"], "xmppService", /'xmppService' and 'xmppSecret' are missing/],
+    [["KEYWARD_XMPP_SECRET"], "xmppService", /'xmppService' and 'xmppDomain' are missing/],
+    [["KEYWARD_XMPP_SERVICE", "KEYWARD_XMPP_DOMAIN"], "xmppSecret", /'xmppSecret' is missing.*KEYWARD_XMPP_SECRET/],
+    [["KEYWARD_XMPP_SERVICE", "KEYWARD_XMPP_SECRET"], "xmppDomain", /'xmppDomain' is missing.*KEYWARD_XMPP_DOMAIN/],
+  ] as const)("all three or none: only %j is refused, naming %s", (given, key, message) => {
+    const env = Object.fromEntries(given.map((k) => [k, XMPP_ENV[k]]));
+    const e = configError(() => resolveConfig(dir, BASE, env));
+    expect(e.key).toBe(key);
+    expect(e.message).toMatch(message);
+    expect(e.message).not.toContain("s3cret");
+  });
+
+  it.each(["127.0.0.1:5347", "xmpp://127.0.0.1", "http://127.0.0.1:5347", "xmpp://127.0.0.1:0", "xmpp://127.0.0.1:70000", "xmpp://user@host:5347", "xmpp://[nope]:5347", "xmpp://host:5347/path", "xmpp://-bad-:5347"])(
+    "refuses the service %s",
+    (service) => {
+      const e = configError(() => resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_SERVICE: service }));
+      expect(e.key).toBe("KEYWARD_XMPP_SERVICE");
+      expect(e.message).toMatch(/expected xmpp:\/\/host:port/);
+    },
+  );
+
+  it("refuses a domain that is not a DNS name and an empty secret in the file", () => {
+    expect(configError(() => resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_DOMAIN: "kms@example.com" })).key).toBe("KEYWARD_XMPP_DOMAIN");
+    expect(configError(() => resolveConfig(dir, { ...BASE, xmppSecret: "" }, { ...XMPP_ENV, KEYWARD_XMPP_SECRET: "" })).key).toBe("xmppSecret");
+  });
+
+  it("the stanza limit is an integer of at least 4096", () => {
+    expect(configError(() => resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_MAX_STANZA_BYTES: "100" })).key).toBe("KEYWARD_XMPP_MAX_STANZA_BYTES");
+    expect(configError(() => resolveConfig(dir, BASE, { ...XMPP_ENV, KEYWARD_XMPP_MAX_STANZA_BYTES: "1e6" })).key).toBe("KEYWARD_XMPP_MAX_STANZA_BYTES");
+  });
+
+  it("never echoes the secret in an error", () => {
+    const e = configError(() => resolveConfig(dir, { ...BASE, xmppSecret: 12345 }, {}));
+    expect(e.key).toBe("xmppSecret");
+    expect(e.message).not.toContain("12345");
   });
 });
 
