@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
  */
 const REPO_ROOT = resolve(import.meta.dirname, "..");
 const ISOMORPHIC_DIRS = ["src/protocol", "src/primitives", "src/client"];
-const SERVER_ONLY_DIRS = ["src/server", "src/store", "src/transport", "src/identity", "src/cli", "src/config", "src/pki"];
+const SERVER_ONLY_DIRS = ["src/server", "src/service", "src/store", "src/transport", "src/identity", "src/cli", "src/config", "src/pki"];
 
 function sourceFiles(dir: string): string[] {
   const abs = join(REPO_ROOT, dir);
@@ -85,7 +85,7 @@ describe("the import scanner (self-check)", () => {
       '} from "node:fs";',
       'import * as e from "crypto";',
       'import f, { g } from "buffer";',
-      'export { h } from "../server/kms.js";',
+      'export { h } from "../service/kms.js";',
       'export * from "./i.js";',
       'export type { J } from "./j.js";',
       'import "reflect-metadata";',
@@ -97,7 +97,7 @@ describe("the import scanner (self-check)", () => {
       'const url = "http://example.com"; import { o } from "./o.js";',
     ].join("\n");
     expect(moduleRefs(src).map((r) => r.specifier).sort()).toEqual(
-      ["./a.js", "../b.js", "node:fs", "crypto", "buffer", "../server/kms.js", "./i.js", "./j.js", "reflect-metadata", "node:os", "../store/store.js", "fs", "./o.js"].sort(),
+      ["./a.js", "../b.js", "node:fs", "crypto", "buffer", "../service/kms.js", "./i.js", "./j.js", "reflect-metadata", "node:os", "../store/store.js", "fs", "./o.js"].sort(),
     );
     expect(uncheckableDynamicImports("await import(name); await import('./x.js')")).toBe(1);
   });

@@ -14,7 +14,7 @@ import { resolveConfig } from "../../src/config/config.js";
 import { issueDevToken, startDevIdp } from "../../src/identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../../src/server/data-dir.js";
 import { createLogger } from "../../src/server/logger.js";
-import { kmsFromConfig } from "../../src/server/start.js";
+import { kmsFromConfig } from "../../src/service/start.js";
 import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../src/protocol/jose/ephemeral-key.js";
 
 const parent = mkdtempSync(join(process.argv[2] ?? tmpdir(), "keyward-core-"));

@@ -18,7 +18,7 @@ import { parseBlock } from "../../src/primitives/gmbc/parse-block.js";
 import { verifyAppendedBlockSignature } from "../../src/primitives/gmbc/verify-chain.js";
 import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
 import { createLogger } from "../../src/server/logger.js";
-import { kmsFromConfig } from "../../src/server/start.js";
+import { kmsFromConfig } from "../../src/service/start.js";
 import { SqliteStore } from "../../src/store/sqlite/sqlite-store.js";
 import type { Store } from "../../src/store/store.js";
 import { latencyStats } from "../lib/stats.js";

@@ -5,7 +5,7 @@ import { resolveConfig } from "../../src/config/config.js";
 import { issueDevToken, startDevIdp } from "../../src/identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../../src/server/data-dir.js";
 import { createLogger } from "../../src/server/logger.js";
-import { kmsFromConfig } from "../../src/server/start.js";
+import { kmsFromConfig } from "../../src/service/start.js";
 import { KmsClient } from "../../src/client/index.js";
 
 /** A Keyward KMS running in this process, trusting a development identity provider. */

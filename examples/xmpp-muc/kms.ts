@@ -5,7 +5,7 @@ import { resolveConfig } from "../../src/config/config.js";
 import { issueDevToken, startDevIdp } from "../../src/identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../../src/server/data-dir.js";
 import { createLogger } from "../../src/server/logger.js";
-import { kmsFromConfig } from "../../src/server/start.js";
+import { kmsFromConfig } from "../../src/service/start.js";
 
 /** A Keyward KMS running in this process, connected to an XMPP server as an external component. */
 export interface XmppDemoKms {

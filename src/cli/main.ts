@@ -5,8 +5,8 @@ import { DEFAULT_DEV_IDP_LISTEN, loadConfig, parseListen, type KeywardConfig } f
 import { createLogger } from "../server/logger.js";
 import { devIdpIssuer, issueDevToken, startDevIdp } from "../identity/dev-idp.js";
 import { DATA_FILES, initDataDir } from "../server/data-dir.js";
-import { serveDataDir } from "../server/start.js";
-import { serveWorkers } from "../server/cluster.js";
+import { serveDataDir } from "../service/start.js";
+import { serveWorkers } from "../service/cluster.js";
 import { KmsClient } from "../client/index.js";
 import { registerGroupCommands, resolveConnection } from "./group.js";
 import { registerCryptCommands } from "./crypt.js";

@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { resolveConfig } from "../../src/config/config.js";
 import { DATA_FILES } from "../../src/server/data-dir.js";
-import { kmsFromConfig } from "../../src/server/start.js";
+import { kmsFromConfig } from "../../src/service/start.js";
 
 const [dataDir, oauthIssuer, oauthJwksUri] = process.argv.slice(2);
 if (!dataDir || !oauthIssuer || !oauthJwksUri) {

@@ -7,13 +7,13 @@ import { CredentialAuthenticator } from "../identity/credential-authenticator.js
 import { TokenIntrospector } from "../identity/introspection.js";
 import { CHANNEL_MESSAGE_LIMIT } from "../protocol/constants.js";
 import { openStore } from "../store/open-store.js";
-import { createLogger } from "./logger.js";
-import { loadMasterKey, loadStaticKey } from "./data-dir.js";
+import { createLogger } from "../server/logger.js";
+import { loadMasterKey, loadStaticKey } from "../server/data-dir.js";
 import { XmppBinding } from "../transport/xmpp/xmpp-binding.js";
 import { Kms } from "./kms.js";
 
 /**
- * Set by `serve --workers N`'s primary in each worker's environment (src/server/cluster.ts): the
+ * Set by `serve --workers N`'s primary in each worker's environment (src/service/cluster.ts): the
  * worker's slot, 0..N-1, the same across restarts.
  *
  * @example

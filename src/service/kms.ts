@@ -9,11 +9,11 @@ import { createHttpHandler, DEFAULT_BODY_READ_TIMEOUT_MS } from "../transport/ht
 import { createHttpServer, defaultHttpServerLimits } from "../transport/http/http-server.js";
 import { WsBinding } from "../transport/ws/ws-binding.js";
 import { EventLoopLag } from "../transport/http/event-loop-lag.js";
-import { Barrier } from "./barrier/barrier.js";
-import type { CoreSettings } from "./context.js";
-import { KmsCore } from "./core.js";
-import { discoveryRoutes, kmsDiscoveryDocument } from "./discovery.js";
-import type { StaticKey } from "./static-key.js";
+import { Barrier } from "../server/barrier/barrier.js";
+import type { CoreSettings } from "../server/context.js";
+import { KmsCore } from "../server/core.js";
+import { discoveryRoutes, kmsDiscoveryDocument } from "../server/discovery.js";
+import type { StaticKey } from "../server/static-key.js";
 
 /** Expired channels are kept this long (§4: remembered ≥ 24 h, so late requests get 403, not 401). */
 const EXPIRED_CHANNEL_RETENTION_MS = 24 * 3600 * 1000;
@@ -60,7 +60,7 @@ export interface KmsLink {
 
 /**
  * A KMS assembled from its parts: store behind the barrier, static key, authenticator, core, and
- * the HTTP binding. `keyward serve` builds one from a data dir (src/server/start.ts); tests build
+ * the HTTP binding. `keyward serve` builds one from a data dir (src/service/start.ts); tests build
  * one directly.
  *
  * @example
