@@ -43,10 +43,23 @@ function isSecret(path: string): boolean {
   return isConfigKey(path) && (CONFIG_KEYS[path] as ConfigKeyInfo).secret === true;
 }
 
+/**
+ * A problem with a value from `config.json` (or given to `writeConfigFile`), at a dotted path.
+ *
+ * @example
+ * fileError("policy", "must be 1, 2 or 3", 7).message // "config.json: 'policy': must be 1, 2 or 3 (got 7)"
+ */
 export function fileError(path: string, reason: string, value: unknown): ConfigError {
   return new ConfigError(path, `config.json: '${path}': ${reason}${shown(value, isSecret(path))}`);
 }
 
+/**
+ * A problem with a value from an environment variable; `path` is the key it overrides (to know
+ * whether the value may be shown).
+ *
+ * @example
+ * envError("KEYWARD_POLICY", "policy", "must be 1, 2 or 3", "7").message // 'config: KEYWARD_POLICY: must be 1, 2 or 3 (got "7")'
+ */
 export function envError(envName: string, path: string, reason: string, raw: string): ConfigError {
   return new ConfigError(envName, `config: ${envName}: ${reason}${shown(raw, isSecret(path))}`);
 }
@@ -66,6 +79,12 @@ function distance(a: string, b: string): number {
   return prev[b.length]!;
 }
 
+/**
+ * An unknown top-level key, with the nearest known key as a hint when it is close enough.
+ *
+ * @example
+ * unknownKeyError("polciy").message // "config.json: 'polciy': unknown key (did you mean 'policy'?)"
+ */
 export function unknownKeyError(key: string): ConfigError {
   let best: string | undefined;
   let bestDistance = Infinity;

@@ -9,8 +9,8 @@
 import { chmodSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { ConfigError, fileError, unknownKeyError } from "./errors.js";
-import { isPlainObject, resolveConfig, type KeywardConfig } from "./resolve.js";
-import { configSchema, isConfigKey, type ConfigFileValues } from "./schema.js";
+import { resolveConfig, type KeywardConfig } from "./resolve.js";
+import { configSchema, isConfigKey, isPlainObject, type ConfigFileValues } from "./schema.js";
 
 /** The file name of the configuration inside the data directory. */
 const CONFIG_FILE = "config.json";

@@ -8,19 +8,18 @@
  * const config = resolveConfig("/tmp/kw", { authority: "kms.example.com", oauthIssuer: "https://idp", oauthJwksUri: "https://idp/jwks" }, {});
  */
 import { isAbsolute, join, resolve } from "node:path";
-import { parseEnvValue, envNameOf } from "./env.js";
+import { applyEnvOverrides, envNameOf, readMasterKeyFromEnv } from "./env.js";
 import { ConfigError, envError, fileError, unknownKeyError } from "./errors.js";
 import {
-  CONFIG_KEY_NAMES,
   CONFIG_KEYS,
   configSchema,
   isConfigKey,
+  isPlainObject,
   parseAuthority,
   parseCorsOrigins,
   parseListen,
   parseStoreUrl,
   parseXmppService,
-  type ConfigKeyInfo,
   type LOG_LEVELS,
   type ParsedStoreUrl,
 } from "./schema.js";
@@ -117,18 +116,14 @@ export interface XmppConfig {
   readonly maxStanzaBytes: number;
 }
 
-export function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
 function resolvePath(dataDir: string, p: string): string {
   return isAbsolute(p) ? resolve(p) : resolve(dataDir, p);
 }
 
 /**
  * Validates configuration values (as read from `config.json`), applies environment overrides and
- * defaults, and resolves them against the data directory. {@link loadConfig} is this plus reading the
- * file; use it directly to build a configuration without a file (tests, embedding).
+ * defaults, and resolves them against the data directory. `loadConfig` (file.ts) is this plus
+ * reading the file; use it directly to build a configuration without a file (tests, embedding).
  *
  * @example
  * const config = resolveConfig("/tmp/kw", {
@@ -146,22 +141,8 @@ export function resolveConfig(
   const dir = resolve(dataDir);
   for (const key of Object.keys(values)) if (!isConfigKey(key)) throw unknownKeyError(key);
 
-  // Environment overrides; remember which (dotted) paths came from where, for error messages.
-  const merged: Record<string, unknown> = { ...values };
-  const fromEnv = new Map<string, { env: string; raw: string }>();
-  for (const key of CONFIG_KEY_NAMES) {
-    const info: ConfigKeyInfo = CONFIG_KEYS[key];
-    const raw = env[info.env];
-    if (raw === undefined || raw === "") continue;
-    const value = parseEnvValue(key, info, raw);
-    if (key === "devIdp") {
-      merged.devIdp = { ...(isPlainObject(merged.devIdp) ? merged.devIdp : {}), listen: value };
-      fromEnv.set("devIdp.listen", { env: info.env, raw });
-    } else {
-      merged[key] = value;
-      fromEnv.set(key, { env: info.env, raw });
-    }
-  }
+  // Environment over file; `fromEnv` remembers which (dotted) paths came from a variable, for error messages.
+  const { merged, fromEnv } = applyEnvOverrides(values, env);
 
   const result = configSchema.safeParse(merged);
   if (!result.success) {
@@ -212,7 +193,7 @@ export function resolveConfig(
   const resolvedStore: StoreLocation =
     store.kind === "sqlite" && store.path !== ":memory:" ? { kind: "sqlite", path: resolvePath(dir, store.path) } : store;
   const devIdpListen = v.devIdp === undefined ? undefined : parseListen(v.devIdp.listen);
-  const masterKeyFromEnv = env.KEYWARD_MASTER_KEY;
+  const masterKeyFromEnv = readMasterKeyFromEnv(env);
 
   return {
     dataDir: dir,
@@ -258,6 +239,6 @@ export function resolveConfig(
       v.xmppService !== undefined && v.xmppDomain !== undefined && v.xmppSecret !== undefined && {
         xmpp: { service: v.xmppService, host: xmppService.host, port: xmppService.port, domain: v.xmppDomain.toLowerCase(), secret: v.xmppSecret, maxStanzaBytes: v.xmppMaxStanzaBytes },
       }),
-    ...(masterKeyFromEnv !== undefined && masterKeyFromEnv !== "" && { masterKeyFromEnv }),
+    ...(masterKeyFromEnv !== undefined && { masterKeyFromEnv }),
   };
 }

@@ -61,7 +61,13 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host, port };
 }
 
-/** Splits an authority `host[:port]`; undefined when it is not a DNS host name with an optional port. */
+/**
+ * Splits an authority `host[:port]`; undefined when it is not a DNS host name with an optional port.
+ *
+ * @example
+ * parseAuthority("kms.example.com:8443") // { host: "kms.example.com", port: 8443 }
+ * parseAuthority("kms.example.com:0")    // undefined (the port must be 1–65535)
+ */
 export function parseAuthority(value: string): { host: string; port?: number } | undefined {
   const colon = value.indexOf(":");
   const host = colon === -1 ? value : value.slice(0, colon);
@@ -83,6 +89,10 @@ function parseHttpUrl(value: string): URL | undefined {
 /**
  * The XMPP server's component port as `xmpp://host:port` (host a DNS name, an IPv4 address or
  * `[ipv6]`; the port is required: XEP-0114 has no registered default). Undefined when it is not one.
+ *
+ * @example
+ * parseXmppService("xmpp://127.0.0.1:5347") // { host: "127.0.0.1", port: 5347 }
+ * parseXmppService("xmpp://127.0.0.1")      // undefined
  */
 export function parseXmppService(value: string): { host: string; port: number } | undefined {
   const m = /^xmpp:\/\/(\[[^\]]+\]|[^:/?#[\]@]+):(\d{1,5})\/?$/.exec(value);
@@ -97,6 +107,10 @@ export function parseXmppService(value: string): { host: string; port: number } 
  * `corsOrigins` (§3): `*`, or the browser origins allowed, as a comma-separated string or (in
  * config.json) an array; each an http(s) origin, normalized as browsers send it (`URL.origin`).
  * An empty array allows no browser origin. Returns the reason when the value is wrong.
+ *
+ * @example
+ * parseCorsOrigins("https://app.example.com/, *") // { error: '"*" cannot be combined with origins' }
+ * parseCorsOrigins(["https://app.example.com/"])  // { origins: ["https://app.example.com"] }
  */
 export function parseCorsOrigins(value: string | readonly string[]): { origins: "*" | string[] } | { error: string } {
   const items = (typeof value === "string" ? value.split(",") : value).map((s) => s.trim());
@@ -113,9 +127,22 @@ export function parseCorsOrigins(value: string | readonly string[]): { origins: 
   return { origins };
 }
 
-/** A store location, parsed from `storeUrl`. */
+/**
+ * A store location, parsed from `storeUrl` (a relative SQLite path is still relative here).
+ *
+ * @example
+ * const store = parseStoreUrl("sqlite:keyward.db") as ParsedStoreUrl; // { kind: "sqlite", path: "keyward.db" }
+ */
 export type ParsedStoreUrl = { kind: "sqlite"; path: string } | { kind: "postgres"; url: string };
 
+/**
+ * Parses `storeUrl`: `sqlite:<path>`, `sqlite:///<absolute path>`, or a `postgres://` /
+ * `postgresql://` URL with a host. Returns the reason (a string) when it is none of these.
+ *
+ * @example
+ * parseStoreUrl("sqlite:///var/lib/keyward/kw.db") // { kind: "sqlite", path: "/var/lib/keyward/kw.db" }
+ * parseStoreUrl("mysql://db/kw")                   // "expected sqlite:<path>, postgres://… or postgresql://…"
+ */
 export function parseStoreUrl(value: string): ParsedStoreUrl | string {
   if (value.startsWith("sqlite:")) {
     let path = value.slice("sqlite:".length);
@@ -192,7 +219,7 @@ export const DEFAULT_DEV_IDP_LISTEN = "127.0.0.1:8485";
  * The schema of the configuration values: the contents of `config.json` after environment overrides.
  * Static defaults are applied by the schema; defaults derived from other keys or from the data
  * directory (`domain`, `oauthAudience`, `storeUrl`) and path resolution are applied by
- * {@link resolveConfig}. Unknown keys are refused.
+ * `resolveConfig` (resolve.ts). Unknown keys are refused.
  *
  * @example
  * const values = configSchema.parse({
@@ -271,12 +298,23 @@ export const configSchema = z.strictObject({
 export type ConfigKey = keyof typeof configSchema.shape;
 
 /**
- * The values as written in `config.json` (before defaults): what {@link writeConfigFile} accepts.
+ * The values as written in `config.json` (before defaults): what `writeConfigFile` (file.ts) accepts.
  *
  * @example
  * const values: ConfigFileValues = { authority: "kms.example.com", oauthIssuer: "https://idp", oauthJwksUri: "https://idp/jwks" };
  */
 export type ConfigFileValues = z.input<typeof configSchema>;
+
+/**
+ * True for a JSON object (not an array, not null): what `config.json` and `devIdp` must be.
+ *
+ * @example
+ * isPlainObject({ listen: "127.0.0.1:8485" }) // true
+ * isPlainObject([])                           // false
+ */
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
 
 // ---------------------------------------------------------------------------------------------
 // The key table (README reference) and environment names
@@ -306,7 +344,7 @@ export interface ConfigKeyInfo {
 
 /**
  * The configuration keys: key → environment variable → description → default. Source of the
- * README configuration reference ({@link configReferenceMarkdown}).
+ * README configuration reference (`configReferenceMarkdown`, reference.ts).
  *
  * @example
  * CONFIG_KEYS.oauthJwksUri.env // "KEYWARD_OAUTH_JWKS_URI"
@@ -353,8 +391,21 @@ export const CONFIG_KEYS = {
   devIdp: { env: "KEYWARD_DEV_IDP_LISTEN", envType: "string", required: false, default: undefined, description: `\`keyward dev\` only: built-in identity provider, \`{ "listen": "host:port" }\` (listen defaults to ${DEFAULT_DEV_IDP_LISTEN}).` },
 } as const satisfies Record<ConfigKey, ConfigKeyInfo>;
 
+/**
+ * The configuration keys, in table order (the order of the README reference and of env overrides).
+ *
+ * @example
+ * CONFIG_KEY_NAMES[0] // "listen"
+ */
 export const CONFIG_KEY_NAMES = Object.keys(CONFIG_KEYS) as ConfigKey[];
 
+/**
+ * True when `key` is a top-level configuration key (own keys of the table only: never `toString`).
+ *
+ * @example
+ * isConfigKey("policy") // true
+ * isConfigKey("polciy") // false
+ */
 export function isConfigKey(key: string): key is ConfigKey {
   return Object.hasOwn(CONFIG_KEYS, key);
 }
