@@ -7,9 +7,10 @@ import { issueDevToken } from "../identity/dev-idp.js";
 import { DATA_FILES } from "../server/data-dir.js";
 import { DeviceKey, Groups, KmsClient, historyOf, type HistoryEntry } from "../client/index.js";
 import { normalizeEntity } from "../protocol/entity.js";
+import { checkTransportFlags, openTransport, transportOptions, type CliTransport, type TransportFlags } from "./transport.js";
 
-/** How a CLI command finds its KMS: flags, else a `keyward dev` data dir. */
-export interface ConnectionFlags {
+/** How a CLI command finds its KMS: flags, else a `keyward dev` data dir; and what it reaches it over. */
+export interface ConnectionFlags extends TransportFlags {
   readonly user: string;
   /** A `keyward dev` data dir: gives the URL, the trust root and dev tokens when flags do not. */
   readonly dir: string;
@@ -22,7 +23,8 @@ export interface ConnectionFlags {
 
 /** What a KmsClient needs to reach and trust the KMS as the user. */
 export interface KmsConnection {
-  readonly url: string;
+  /** The KMS's HTTP origin; undefined only over `--transport xmpp` (which discovers over XMPP). */
+  readonly url: string | undefined;
   readonly trustRoots: string[];
   readonly token: string;
 }
@@ -30,7 +32,8 @@ export interface KmsConnection {
 /**
  * Resolves the KMS URL, trust root and token for a CLI command: `--url`, `--ca`, `--token` (or
  * KEYWARD_TOKEN) when given, otherwise from a `keyward dev` data dir (its listen address, its
- * CA, a token from its development identity provider). Shared by `ping` and `group`.
+ * CA, a token from its development identity provider). Shared by `ping` and `group`. Over
+ * `--transport xmpp` no URL is needed: discovery and messages go to the KMS component.
  *
  * @example
  * const { url, trustRoots, token } = await resolveConnection({ user: "alice@example.com", dir: ".keyward-dev" });
@@ -40,7 +43,8 @@ export async function resolveConnection(o: ConnectionFlags, env: NodeJS.ProcessE
   const config = existsSync(join(dir, DATA_FILES.config)) ? loadConfig(dir, env) : undefined;
   const url = o.url ?? (config ? `http://${config.listenHost}:${config.listenPort}` : undefined);
   const ca = o.ca ?? (config ? join(dir, DATA_FILES.caCert) : undefined);
-  if (!url || !ca) throw new Error("give --url and --ca (or run it next to a `keyward dev` data dir)");
+  const needsUrl = (o.transport ?? "http") !== "xmpp";
+  if ((needsUrl && !url) || !ca) throw new Error(`give ${needsUrl ? "--url and --ca" : "--ca"} (or run it next to a \`keyward dev\` data dir)`);
   let token = o.token ?? env.KEYWARD_TOKEN;
   if (!token && config?.devIdp) {
     token = await issueDevToken({ dataDir: dir, issuer: config.oauthIssuer, audience: config.oauthAudience, user: o.user });
@@ -90,44 +94,69 @@ export async function loadOrCreateDevice(user: string, env: NodeJS.ProcessEnv = 
   return { device: await DeviceKey.fromJwk(jwk as never), path, created: false };
 }
 
-/** A Groups client for the CLI user: connection resolved, device key loaded (or created) and registered. */
-async function openGroups(o: ConnectionFlags): Promise<{ groups: Groups; kms: KmsClient; user: string; device: DeviceKey }> {
+/**
+ * A KmsClient for the CLI user over the transport the flags name (HTTP by default), and a
+ * `close()` that closes the channel and then the transport (socket, XMPP login). The flags are
+ * checked before anything is sent. Used by `ping`, `group`, `encrypt` and `decrypt`.
+ *
+ * @example
+ * const { kms, close } = await openKmsClient({ user: "alice@example.com", dir: ".keyward-dev", transport: "ws" });
+ * try { await kms.ping(); } finally { await close(); }
+ */
+export async function openKmsClient(o: ConnectionFlags): Promise<{ kms: KmsClient; user: string; transport: CliTransport; close: () => Promise<void> }> {
   const user = normalizeEntity(o.user);
   if (user === undefined) throw new Error(`--user '${o.user}' is not an entity (user@domain)`);
+  checkTransportFlags(o);
   const connection = await resolveConnection(o);
-  const kms = new KmsClient({ url: connection.url, user, token: connection.token, trustRoots: connection.trustRoots });
-  const { device } = await loadOrCreateDevice(user);
-  const groups = new Groups(kms, { user, device });
-  try {
-    await groups.registerDevice();
-  } catch (e) {
-    await kms.close().catch(() => undefined);
-    throw e;
-  }
-  return { groups, kms, user, device };
+  const transport = await openTransport(o, connection.url);
+  const kms = new KmsClient({ transport: transport.transport, user, token: connection.token, trustRoots: connection.trustRoots });
+  const close = async () => {
+    try {
+      await kms.close().catch(() => undefined);
+    } finally {
+      await transport.close();
+    }
+  };
+  return { kms, user, transport, close };
 }
 
-/** Runs `fn` with a Groups client (and its KMS client, user and device), closing the channel afterwards. */
+/** A Groups client for the CLI user: connection resolved, device key loaded (or created) and registered. */
+async function openGroups(o: ConnectionFlags): Promise<{ groups: Groups; kms: KmsClient; user: string; device: DeviceKey; close: () => Promise<void> }> {
+  const { kms, user, close } = await openKmsClient(o);
+  try {
+    const { device } = await loadOrCreateDevice(user);
+    const groups = new Groups(kms, { user, device });
+    await groups.registerDevice();
+    return { groups, kms, user, device, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+/** Runs `fn` with a Groups client (and its KMS client, user and device), closing the channel and the transport afterwards. */
 export async function withGroups<T>(
   o: ConnectionFlags,
   fn: (groups: Groups, ctx: { kms: KmsClient; user: string; device: DeviceKey }) => Promise<T>,
 ): Promise<T> {
-  const { groups, kms, user, device } = await openGroups(o);
+  const { groups, kms, user, device, close } = await openGroups(o);
   try {
     return await fn(groups, { kms, user, device });
   } finally {
-    await kms.close().catch(() => undefined);
+    await close();
   }
 }
 
-/** The connection flags every user command takes. */
+/** The connection flags every user command takes, the transport's included. */
 export function connectionOptions(cmd: Command): Command {
-  return cmd
-    .requiredOption("--user <user>", "who you are, user@domain")
-    .option("--dir <dir>", "a `keyward dev` data dir (gives the URL, trust root and a token)", ".keyward-dev")
-    .option("--url <url>", "the KMS HTTP origin")
-    .option("--ca <pem>", "trust root PEM file")
-    .option("--token <token>", "access token (default: KEYWARD_TOKEN, or a dev token)");
+  return transportOptions(
+    cmd
+      .requiredOption("--user <user>", "who you are, user@domain")
+      .option("--dir <dir>", "a `keyward dev` data dir (gives the URL, trust root and a token)", ".keyward-dev")
+      .option("--url <url>", "the KMS HTTP origin (ws: the socket is on its /kms/ws)")
+      .option("--ca <pem>", "trust root PEM file")
+      .option("--token <token>", "access token (default: KEYWARD_TOKEN, or a dev token)"),
+  );
 }
 
 /** `2026-11-28T21:02:15Z` → `2026-11-28 21:02:15Z` (UTC, for a timeline). */

@@ -7,8 +7,7 @@ import { devIdpIssuer, issueDevToken, startDevIdp } from "../identity/dev-idp.js
 import { DATA_FILES, initDataDir } from "../server/data-dir.js";
 import { serveDataDir } from "../service/start.js";
 import { serveWorkers } from "../service/cluster.js";
-import { KmsClient } from "../client/index.js";
-import { registerGroupCommands, resolveConnection } from "./group.js";
+import { connectionOptions, openKmsClient, registerGroupCommands, type ConnectionFlags } from "./group.js";
 import { registerCryptCommands } from "./crypt.js";
 import { registerMigrateCommand } from "./migrate.js";
 import { registerRotateStaticKeyCommand } from "./rotate-static-key.js";
@@ -98,23 +97,19 @@ program
     console.log(await issueDevToken({ dataDir: config.dataDir, issuer: config.oauthIssuer, audience: config.oauthAudience, user, lifetimeSeconds: Number(o.lifetime) }));
   });
 
-program
-  .command("ping")
-  .description("open a secure channel to a KMS with the SDK and ping it")
-  .requiredOption("--user <user>", "user@domain")
-  .option("--dir <dir>", "a `keyward dev` data dir (gives the URL, trust root and a token)", ".keyward-dev")
-  .option("--url <url>", "the KMS HTTP origin")
-  .option("--ca <pem>", "trust root PEM file")
-  .option("--token <token>", "access token (default: KEYWARD_TOKEN, or a dev token)")
-  .action(async (o: { user: string; dir: string; url?: string; ca?: string; token?: string }) => {
-    const { url, token, trustRoots } = await resolveConnection(o);
-    const client = new KmsClient({ url, user: o.user, token, trustRoots });
+connectionOptions(program.command("ping").description("open a secure channel to a KMS with the SDK and ping it")).action(async (o: ConnectionFlags) => {
+  const { kms, transport, close } = await openKmsClient(o);
+  try {
     const started = performance.now();
-    await client.ping();
-    const channel = client.channel!;
-    console.log(`ping ok: channel ${channel.uri} for ${channel.userId}, expires ${channel.expiresAt.toISOString()} (${(performance.now() - started).toFixed(1)} ms with ECDHE)`);
-    await client.close();
-  });
+    await kms.ping();
+    const channel = kms.channel!;
+    console.log(
+      `ping ok over ${transport.kind}: channel ${channel.uri} for ${channel.userId}, expires ${channel.expiresAt.toISOString()} (${(performance.now() - started).toFixed(1)} ms with ECDHE)`,
+    );
+  } finally {
+    await close();
+  }
+});
 
 registerGroupCommands(program);
 registerCryptCommands(program);

@@ -74,8 +74,11 @@ export interface DevChild {
   stop(): Promise<void>;
 }
 
-/** Starts `keyward dev` as a user would and waits for its banner (or fails with its output). */
-export async function startDevChild(prefix: string, timeoutMs = 25_000): Promise<DevChild> {
+/**
+ * Starts `keyward dev` as a user would and waits for its banner (or fails with its output).
+ * `kmsEnv` goes to the KMS process only (e.g. its KEYWARD_XMPP_* settings), not into `env`.
+ */
+export async function startDevChild(prefix: string, timeoutMs = 25_000, kmsEnv: Record<string, string> = {}): Promise<DevChild> {
   const root = mkdtempSync(join(tmpdir(), prefix));
   const dir = join(root, "dev");
   const kmsPort = await freePort();
@@ -88,7 +91,7 @@ export async function startDevChild(prefix: string, timeoutMs = 25_000): Promise
     KEYWARD_OAUTH_JWKS_URI: `${issuer}/jwks`,
     KEYWARD_HOME: join(root, "home"),
   };
-  const child = spawn(process.execPath, ["--import", "tsx", CLI_MAIN, "dev", "--dir", dir], { cwd: REPO_ROOT, env: cleanEnv(env), stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, ["--import", "tsx", CLI_MAIN, "dev", "--dir", dir], { cwd: REPO_ROOT, env: cleanEnv({ ...kmsEnv, ...env }), stdio: ["ignore", "pipe", "pipe"] });
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
       const exited = new Promise((r) => child.once("exit", r));
