@@ -143,6 +143,75 @@ function parseStoreUrl(value: string): ParsedStoreUrl | string {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Federation (§12): one block, so that it moves as a whole
+// ---------------------------------------------------------------------------------------------
+
+/** An http(s) origin (no path, query, fragment or credentials), or undefined when it is not one. */
+function parseHttpOrigin(s: string): string | undefined {
+  const url = parseHttpUrl(s);
+  const isOrigin = url !== undefined && url.username === "" && url.password === "" && url.pathname === "/" && url.search === "" && url.hash === "" && !s.endsWith("?") && !s.endsWith("#");
+  return isOrigin ? url.origin : undefined;
+}
+
+const federationOrigin = (what: string) =>
+  z.string({ error: "must be a string" }).superRefine((s, ctx) => {
+    if (parseHttpOrigin(s) === undefined) ctx.addIssue({ code: "custom", message: `expected an http(s) origin such as https://${what} (no path)` });
+  });
+const federationHost = (what: string) =>
+  z.string({ error: "must be a string" }).superRefine((s, ctx) => {
+    if (!isHostname(s)) ctx.addIssue({ code: "custom", message: `expected a DNS host name (${what})` });
+  });
+
+/**
+ * `federation` (§12): the peers this KMS federates with (authority = host name, url = the origin of
+ * its HTTP binding) and, per domain, the origin asked about that domain's users (WebFinger).
+ */
+const federationSchema = z.strictObject(
+  {
+    peers: z
+      .array(z.strictObject({ authority: federationHost("e.g. kms.b.example"), url: federationOrigin("kms.b.example") }, { error: 'each peer must be an object { "authority", "url" }' }), { error: "must be an array of peers" })
+      .superRefine((peers, ctx) => {
+        const seen = new Set<string>();
+        for (const [i, p] of peers.entries()) {
+          const authority = p.authority.toLowerCase();
+          if (seen.has(authority)) ctx.addIssue({ code: "custom", path: [i, "authority"], message: `peer authority '${authority}' is listed twice` });
+          seen.add(authority);
+        }
+      })
+      .default([]),
+    webfinger: z
+      .record(z.string(), federationOrigin("b.example"), { error: 'must be an object { "<domain>": "<origin>" }' })
+      .superRefine((map, ctx) => {
+        for (const domain of Object.keys(map)) {
+          if (!isHostname(domain)) ctx.addIssue({ code: "custom", path: [domain], message: "expected a DNS domain name as the key (e.g. b.example)" });
+        }
+      })
+      .default({}),
+  },
+  { error: 'must be an object { "peers": [...], "webfinger": {...} }' },
+);
+
+/**
+ * The federation configuration after validation (§12): authorities and domains lower-cased, origins
+ * normalized (`https://kms.b.example`).
+ *
+ * @example
+ * const peer = config.federation?.peers.find((p) => p.authority === "kms.b.example");
+ * const origin = config.federation?.webfinger["b.example"] ?? "https://b.example";
+ */
+export interface FederationConfig {
+  readonly peers: readonly { readonly authority: string; readonly url: string }[];
+  readonly webfinger: Readonly<Record<string, string>>;
+}
+
+function resolveFederation(v: z.output<typeof federationSchema>): FederationConfig {
+  return {
+    peers: v.peers.map((p) => ({ authority: p.authority.toLowerCase(), url: parseHttpOrigin(p.url)! })),
+    webfinger: Object.fromEntries(Object.entries(v.webfinger).map(([domain, origin]) => [domain.toLowerCase(), parseHttpOrigin(origin)!])),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Schema
 // ---------------------------------------------------------------------------------------------
 
@@ -260,6 +329,7 @@ export const configSchema = z.strictObject({
   xmppDomain: checkedString((s) => (isHostname(s) ? undefined : "expected the component's JID, a DNS domain name (e.g. kms.example.com)")).optional(),
   xmppSecret: nonEmpty().optional(),
   xmppMaxStanzaBytes: intIn(4096).default(524_288),
+  federation: federationSchema.optional(),
   devIdp: z
     .strictObject({ listen: listenString.default(DEFAULT_DEV_IDP_LISTEN) }, { error: 'must be an object such as { "listen": "127.0.0.1:8485" }' })
     .optional(),
@@ -295,8 +365,8 @@ export type ConfigFileValues = z.input<typeof configSchema>;
 export interface ConfigKeyInfo {
   /** The environment variable that overrides the key. */
   readonly env: string;
-  /** How the environment variable's text is read: as is, as a strict decimal integer, or as a policy number. */
-  readonly envType: "string" | "integer" | "policy";
+  /** How the environment variable's text is read: as is, as a strict decimal integer, as a policy number, or as JSON. */
+  readonly envType: "string" | "integer" | "policy" | "json";
   /** Human-readable description for the configuration reference. */
   readonly description: string;
   /** Human-readable default, or undefined when the key has none (required keys, optional keys). */
@@ -353,6 +423,7 @@ export const CONFIG_KEYS = {
   xmppDomain: { env: "KEYWARD_XMPP_DOMAIN", envType: "string", required: false, default: undefined, description: "XMPP binding: the component's JID (e.g. `kms.example.com`), as configured on the XMPP server." },
   xmppSecret: { env: "KEYWARD_XMPP_SECRET", envType: "string", required: false, default: undefined, secret: true, description: "XMPP binding: the component's shared secret (XEP-0114 handshake)." },
   xmppMaxStanzaBytes: { env: "KEYWARD_XMPP_MAX_STANZA_BYTES", envType: "integer", required: false, default: "524288", description: "XMPP binding: the XMPP server's stanza size limit on the component stream (Prosody's `component_stanza_size_limit`, 512 KiB by default); a reply that would exceed it is answered with a JWS 413 instead of breaking the link." },
+  federation: { env: "KEYWARD_FEDERATION", envType: "json", required: false, default: undefined, description: "KMS-to-KMS federation (§12), JSON: `{\"peers\": [{\"authority\": \"kms.b.example\", \"url\": \"https://kms.b.example\"}], \"webfinger\": {\"b.example\": \"https://b.example\"}}`; needs `trustRoots` when peers are set. See docs/federation.md." },
   devIdp: { env: "KEYWARD_DEV_IDP_LISTEN", envType: "string", required: false, default: undefined, description: `\`keyward dev\` only: built-in identity provider, \`{ "listen": "host:port" }\` (listen defaults to ${DEFAULT_DEV_IDP_LISTEN}).` },
 } as const satisfies Record<ConfigKey, ConfigKeyInfo>;
 
@@ -525,6 +596,8 @@ export interface KeywardConfig {
   readonly devIdp?: { readonly listen: string; readonly listenHost: string; readonly listenPort: number };
   /** The XMPP binding (§3), when `xmppService`, `xmppDomain` and `xmppSecret` are all set. */
   readonly xmpp?: XmppConfig;
+  /** KMS-to-KMS federation (§12), when configured. */
+  readonly federation?: FederationConfig;
   /** The master key from `KEYWARD_MASTER_KEY`, when set. Never written to files. */
   readonly masterKeyFromEnv?: string;
 }
@@ -590,6 +663,12 @@ function parseEnvValue(key: ConfigKey, info: ConfigKeyInfo, raw: string): unknow
     case "policy":
       if (raw !== "1" && raw !== "2" && raw !== "3") throw envError(info.env, key, "must be 1, 2 or 3", raw);
       return Number(raw);
+    case "json":
+      try {
+        return JSON.parse(raw) as unknown;
+      } catch {
+        throw envError(info.env, key, "must be JSON", raw);
+      }
   }
 }
 
@@ -644,9 +723,9 @@ export function resolveConfig(
       throw new ConfigError(nested, `config.json: '${nested}': unknown key`);
     }
     const path = segments.join(".");
-    const value = issue.path.reduce<unknown>((v, k) => (isPlainObject(v) ? v[String(k)] : undefined), merged);
-    const source = fromEnv.get(path);
-    if (source !== undefined) throw envError(source.env, path, issue.message, source.raw);
+    const value = issue.path.reduce<unknown>((v, k) => (typeof v === "object" && v !== null ? (v as Record<string, unknown>)[String(k)] : undefined), merged);
+    const source = fromEnv.get(path) ?? fromEnv.get(segments[0] ?? "");
+    if (source !== undefined) throw envError(source.env, path, source === fromEnv.get(path) ? issue.message : `'${path}': ${issue.message}`, source.raw);
     if (value === undefined && segments.length === 1) {
       throw new ConfigError(path, `config: '${path}' is required: set it in config.json or ${envNameOf(path)}`);
     }
@@ -677,6 +756,10 @@ export function resolveConfig(
     );
   }
   const xmppService = v.xmppService === undefined ? undefined : parseXmppService(v.xmppService)!;
+  // §12: peers' certificates are validated against trustRoots; without them no peer could be trusted.
+  if (v.federation !== undefined && v.federation.peers.length > 0 && v.trustRoots === undefined) {
+    throw new ConfigError("trustRoots", `config: 'trustRoots' is required when 'federation' names peers (their certificates are validated against it): set it in config.json or ${CONFIG_KEYS.trustRoots.env}`);
+  }
 
   const listen = parseListen(v.listen);
   const authority = parseAuthority(v.authority)!;
@@ -730,6 +813,7 @@ export function resolveConfig(
       v.xmppService !== undefined && v.xmppDomain !== undefined && v.xmppSecret !== undefined && {
         xmpp: { service: v.xmppService, host: xmppService.host, port: xmppService.port, domain: v.xmppDomain.toLowerCase(), secret: v.xmppSecret, maxStanzaBytes: v.xmppMaxStanzaBytes },
       }),
+    ...(v.federation !== undefined && { federation: resolveFederation(v.federation) }),
     ...(masterKeyFromEnv !== undefined && masterKeyFromEnv !== "" && { masterKeyFromEnv }),
   };
 }

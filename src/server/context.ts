@@ -25,6 +25,14 @@ export interface CoreSettings {
   readonly policy: 1 | 2 | 3;
   /** §8: who may read a chain. */
   readonly gmbcReaders: "members" | "members-and-former";
+  /**
+   * §12: the peers this KMS federates with (authority lower-cased, url an http(s) origin) and the
+   * WebFinger origin per domain (default `https://<domain>`). Absent: no federation.
+   */
+  readonly federation?: {
+    readonly peers: readonly { readonly authority: string; readonly url: string }[];
+    readonly webfinger: Readonly<Record<string, string>>;
+  };
 }
 
 /** What every handler may use. */
