@@ -32,4 +32,5 @@ export {
   type ConfigFileValues,
   type ConfigKey,
   type ConfigKeyInfo,
+  type FederationConfig,
 } from "./schema.js";

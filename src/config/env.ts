@@ -51,6 +51,12 @@ function parseEnvValue(key: ConfigKey, info: ConfigKeyInfo, raw: string): unknow
     case "policy":
       if (raw !== "1" && raw !== "2" && raw !== "3") throw envError(info.env, key, "must be 1, 2 or 3", raw);
       return Number(raw);
+    case "json":
+      try {
+        return JSON.parse(raw) as unknown;
+      } catch {
+        throw envError(info.env, key, "must be JSON", raw);
+      }
   }
 }
 

@@ -20,6 +20,8 @@ import {
   parseListen,
   parseStoreUrl,
   parseXmppService,
+  resolveFederation,
+  type FederationConfig,
   type LOG_LEVELS,
   type ParsedStoreUrl,
 } from "./schema.js";
@@ -93,6 +95,8 @@ export interface KeywardConfig {
   readonly devIdp?: { readonly listen: string; readonly listenHost: string; readonly listenPort: number };
   /** The XMPP binding (§3), when `xmppService`, `xmppDomain` and `xmppSecret` are all set. */
   readonly xmpp?: XmppConfig;
+  /** KMS-to-KMS federation (§12), when configured. */
+  readonly federation?: FederationConfig;
   /** The master key from `KEYWARD_MASTER_KEY`, when set. Never written to files. */
   readonly masterKeyFromEnv?: string;
 }
@@ -153,9 +157,9 @@ export function resolveConfig(
       throw new ConfigError(nested, `config.json: '${nested}': unknown key`);
     }
     const path = segments.join(".");
-    const value = issue.path.reduce<unknown>((v, k) => (isPlainObject(v) ? v[String(k)] : undefined), merged);
-    const source = fromEnv.get(path);
-    if (source !== undefined) throw envError(source.env, path, issue.message, source.raw);
+    const value = issue.path.reduce<unknown>((v, k) => (typeof v === "object" && v !== null ? (v as Record<string, unknown>)[String(k)] : undefined), merged);
+    const source = fromEnv.get(path) ?? fromEnv.get(segments[0] ?? "");
+    if (source !== undefined) throw envError(source.env, path, source === fromEnv.get(path) ? issue.message : `'${path}': ${issue.message}`, source.raw);
     if (value === undefined && segments.length === 1) {
       throw new ConfigError(path, `config: '${path}' is required: set it in config.json or ${envNameOf(path)}`);
     }
@@ -186,6 +190,10 @@ export function resolveConfig(
     );
   }
   const xmppService = v.xmppService === undefined ? undefined : parseXmppService(v.xmppService)!;
+  // §12: peers' certificates are validated against trustRoots; without them no peer could be trusted.
+  if (v.federation !== undefined && v.federation.peers.length > 0 && v.trustRoots === undefined) {
+    throw new ConfigError("trustRoots", `config: 'trustRoots' is required when 'federation' names peers (their certificates are validated against it): set it in config.json or ${CONFIG_KEYS.trustRoots.env}`);
+  }
 
   const listen = parseListen(v.listen);
   const authority = parseAuthority(v.authority)!;
@@ -239,6 +247,7 @@ export function resolveConfig(
       v.xmppService !== undefined && v.xmppDomain !== undefined && v.xmppSecret !== undefined && {
         xmpp: { service: v.xmppService, host: xmppService.host, port: xmppService.port, domain: v.xmppDomain.toLowerCase(), secret: v.xmppSecret, maxStanzaBytes: v.xmppMaxStanzaBytes },
       }),
+    ...(v.federation !== undefined && { federation: resolveFederation(v.federation) }),
     ...(masterKeyFromEnv !== undefined && { masterKeyFromEnv }),
   };
 }

@@ -167,6 +167,75 @@ export function parseStoreUrl(value: string): ParsedStoreUrl | string {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Federation (§12): one block, so that it moves as a whole
+// ---------------------------------------------------------------------------------------------
+
+/** An http(s) origin (no path, query, fragment or credentials), or undefined when it is not one. */
+function parseHttpOrigin(s: string): string | undefined {
+  const url = parseHttpUrl(s);
+  const isOrigin = url !== undefined && url.username === "" && url.password === "" && url.pathname === "/" && url.search === "" && url.hash === "" && !s.endsWith("?") && !s.endsWith("#");
+  return isOrigin ? url.origin : undefined;
+}
+
+const federationOrigin = (what: string) =>
+  z.string({ error: "must be a string" }).superRefine((s, ctx) => {
+    if (parseHttpOrigin(s) === undefined) ctx.addIssue({ code: "custom", message: `expected an http(s) origin such as https://${what} (no path)` });
+  });
+const federationHost = (what: string) =>
+  z.string({ error: "must be a string" }).superRefine((s, ctx) => {
+    if (!isHostname(s)) ctx.addIssue({ code: "custom", message: `expected a DNS host name (${what})` });
+  });
+
+/**
+ * `federation` (§12): the peers this KMS federates with (authority = host name, url = the origin of
+ * its HTTP binding) and, per domain, the origin asked about that domain's users (WebFinger).
+ */
+const federationSchema = z.strictObject(
+  {
+    peers: z
+      .array(z.strictObject({ authority: federationHost("e.g. kms.b.example"), url: federationOrigin("kms.b.example") }, { error: 'each peer must be an object { "authority", "url" }' }), { error: "must be an array of peers" })
+      .superRefine((peers, ctx) => {
+        const seen = new Set<string>();
+        for (const [i, p] of peers.entries()) {
+          const authority = p.authority.toLowerCase();
+          if (seen.has(authority)) ctx.addIssue({ code: "custom", path: [i, "authority"], message: `peer authority '${authority}' is listed twice` });
+          seen.add(authority);
+        }
+      })
+      .default([]),
+    webfinger: z
+      .record(z.string(), federationOrigin("b.example"), { error: 'must be an object { "<domain>": "<origin>" }' })
+      .superRefine((map, ctx) => {
+        for (const domain of Object.keys(map)) {
+          if (!isHostname(domain)) ctx.addIssue({ code: "custom", path: [domain], message: "expected a DNS domain name as the key (e.g. b.example)" });
+        }
+      })
+      .default({}),
+  },
+  { error: 'must be an object { "peers": [...], "webfinger": {...} }' },
+);
+
+/**
+ * The federation configuration after validation (§12): authorities and domains lower-cased, origins
+ * normalized (`https://kms.b.example`).
+ *
+ * @example
+ * const peer = config.federation?.peers.find((p) => p.authority === "kms.b.example");
+ * const origin = config.federation?.webfinger["b.example"] ?? "https://b.example";
+ */
+export interface FederationConfig {
+  readonly peers: readonly { readonly authority: string; readonly url: string }[];
+  readonly webfinger: Readonly<Record<string, string>>;
+}
+
+export function resolveFederation(v: z.output<typeof federationSchema>): FederationConfig {
+  return {
+    peers: v.peers.map((p) => ({ authority: p.authority.toLowerCase(), url: parseHttpOrigin(p.url)! })),
+    webfinger: Object.fromEntries(Object.entries(v.webfinger).map(([domain, origin]) => [domain.toLowerCase(), parseHttpOrigin(origin)!])),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Schema
 // ---------------------------------------------------------------------------------------------
 
@@ -284,6 +353,7 @@ export const configSchema = z.strictObject({
   xmppDomain: checkedString((s) => (isHostname(s) ? undefined : "expected the component's JID, a DNS domain name (e.g. kms.example.com)")).optional(),
   xmppSecret: nonEmpty().optional(),
   xmppMaxStanzaBytes: intIn(4096).default(524_288),
+  federation: federationSchema.optional(),
   devIdp: z
     .strictObject({ listen: listenString.default(DEFAULT_DEV_IDP_LISTEN) }, { error: 'must be an object such as { "listen": "127.0.0.1:8485" }' })
     .optional(),
@@ -330,8 +400,8 @@ export function isPlainObject(v: unknown): v is Record<string, unknown> {
 export interface ConfigKeyInfo {
   /** The environment variable that overrides the key. */
   readonly env: string;
-  /** How the environment variable's text is read: as is, as a strict decimal integer, or as a policy number. */
-  readonly envType: "string" | "integer" | "policy";
+  /** How the environment variable's text is read: as is, as a strict decimal integer, as a policy number, or as JSON. */
+  readonly envType: "string" | "integer" | "policy" | "json";
   /** Human-readable description for the configuration reference. */
   readonly description: string;
   /** Human-readable default, or undefined when the key has none (required keys, optional keys). */
@@ -388,6 +458,7 @@ export const CONFIG_KEYS = {
   xmppDomain: { env: "KEYWARD_XMPP_DOMAIN", envType: "string", required: false, default: undefined, description: "XMPP binding: the component's JID (e.g. `kms.example.com`), as configured on the XMPP server." },
   xmppSecret: { env: "KEYWARD_XMPP_SECRET", envType: "string", required: false, default: undefined, secret: true, description: "XMPP binding: the component's shared secret (XEP-0114 handshake)." },
   xmppMaxStanzaBytes: { env: "KEYWARD_XMPP_MAX_STANZA_BYTES", envType: "integer", required: false, default: "524288", description: "XMPP binding: the XMPP server's stanza size limit on the component stream (Prosody's `component_stanza_size_limit`, 512 KiB by default); a reply that would exceed it is answered with a JWS 413 instead of breaking the link." },
+  federation: { env: "KEYWARD_FEDERATION", envType: "json", required: false, default: undefined, description: "KMS-to-KMS federation (§12), JSON: `{\"peers\": [{\"authority\": \"kms.b.example\", \"url\": \"https://kms.b.example\"}], \"webfinger\": {\"b.example\": \"https://b.example\"}}`; needs `trustRoots` when peers are set. See docs/federation.md." },
   devIdp: { env: "KEYWARD_DEV_IDP_LISTEN", envType: "string", required: false, default: undefined, description: `\`keyward dev\` only: built-in identity provider, \`{ "listen": "host:port" }\` (listen defaults to ${DEFAULT_DEV_IDP_LISTEN}).` },
 } as const satisfies Record<ConfigKey, ConfigKeyInfo>;
 

@@ -9,6 +9,8 @@ export const WEBSOCKET_PATH = "/kms/ws";
 export const WEBSOCKET_SUBPROTOCOL = "keyward.kms.v1";
 /** §7: the WebFinger link relation that points at an entity's key set. */
 export const REL_ENTITY_KEYS = "urn:x-keyward:rel:entity-keys";
+/** §12: the WebFinger link relation naming the entity's home KMS (`href` = its KMS URI). */
+export const REL_KMS = "urn:x-keyward:rel:kms";
 
 /** §10 defaults. */
 export const DEFAULT_LIMITS = {

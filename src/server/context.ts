@@ -4,6 +4,7 @@ import type { RequestPayload } from "../protocol/messages.js";
 import type { ResolvedUri } from "../protocol/uri.js";
 import type { ChannelRecord, Store } from "../store/store.js";
 import type { Barrier } from "./barrier/barrier.js";
+import type { PeerContext } from "./federation/acting-for.js";
 import type { StaticKey } from "./static-key.js";
 
 /** Settings the core reads (a subset of the full config, so that tests can build a core directly). */
@@ -25,6 +26,14 @@ export interface CoreSettings {
   readonly policy: 1 | 2 | 3;
   /** §8: who may read a chain. */
   readonly gmbcReaders: "members" | "members-and-former";
+  /**
+   * §12: the peers this KMS federates with (authority lower-cased, url an http(s) origin) and the
+   * WebFinger origin per domain (default `https://<domain>`). Absent: no federation.
+   */
+  readonly federation?: {
+    readonly peers: readonly { readonly authority: string; readonly url: string }[];
+    readonly webfinger: Readonly<Record<string, string>>;
+  };
 }
 
 /** What every handler may use. */
@@ -46,6 +55,11 @@ export interface RequestContext {
   readonly target: ResolvedUri;
   /** The channel the request came on (absent for key agreement). */
   readonly channel?: ChannelRecord;
+  /**
+   * Set when a federation peer acts for a user (§12): `identity.entity` is then that user, and
+   * this is the peer it came through. GKs are then wrapped to `peer.jwk` only.
+   */
+  readonly peer?: PeerContext;
 }
 
 /** A handler's answer: a status and the operation's fields; the core adds requestId and encrypts. */

@@ -1,13 +1,15 @@
 import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
-import { badRequest, conflict, forbidden, KmsError, storeUnavailable, unauthorized } from "../protocol/errors.js";
+import { badRequest, conflict, forbidden, KmsError, notFound, storeUnavailable, unauthorized } from "../protocol/errors.js";
+import { echo } from "../protocol/echo.js";
 import { checkCommonHeaderRules, inspectCompact } from "../protocol/jose/compact.js";
 import { openCommonMessage, sealCommonMessage } from "./channel-codec.js";
 import { parseCredential, parseRequest, requestIdOf, type RequestId } from "../protocol/messages.js";
 import { resolveUri } from "../protocol/uri.js";
 import { StoreUnavailableError, type ChannelRecord } from "../store/store.js";
-import type { CoreServices } from "./context.js";
+import type { CoreServices, RequestContext } from "./context.js";
 import { createEphemeralKey, KeyAgreementError } from "./key-agreement.js";
-import { route } from "./router.js";
+import { route, targetExists } from "./router.js";
+import { ActingForChecks } from "./federation/acting-for.js";
 
 /** The collections an operation label may name; any other path is "other". */
 const LABELLED_COLLECTIONS = new Set(["ping", "ecdhe", "entities", "blocks", "gks"]);
@@ -53,10 +55,15 @@ export interface RequestOutcome {
  * const reply = await core.handle(compactJwe);
  */
 export class KmsCore {
+  /** §12: the curator's checks for requests on a KMS's certificate channel (holds the WebFinger cache). */
+  private readonly actingFor: ActingForChecks;
+
   constructor(
     readonly services: CoreServices,
     private readonly observe: (outcome: RequestOutcome) => void = () => {},
-  ) {}
+  ) {
+    this.actingFor = new ActingForChecks({ settings: services.settings });
+  }
 
   async handle(message: string): Promise<string> {
     let info;
@@ -121,7 +128,8 @@ export class KmsCore {
       }
       const requestId = requestIdOf(payload);
       try {
-        const identity = await this.services.authenticator.authenticate(parseCredential(payload), { keyAgreement: false });
+        const credential = parseCredential(payload);
+        const identity = await this.services.authenticator.authenticate(credential, { keyAgreement: false });
         if (identity.entity !== channel.entity || identity.kind !== channel.credentialKind ||
             identity.thumbprint !== channel.credentialThumbprint) {
           throw forbidden("the credential names another identity than the one this channel was opened for", "ERR_CHANNEL_IDENTITY");
@@ -136,7 +144,14 @@ export class KmsCore {
         counted = recorded === "recorded";
 
         const handler = await route(this.services, target, request.method);
-        const result = await handler({ services: this.services, request, identity, target, channel });
+        // §12: a KMS on a certificate channel acts as itself or, if a configured peer, for a user
+        // (after §4's 404, before the operation's own checks).
+        let acting: { identity: typeof identity; peer?: RequestContext["peer"] } = { identity };
+        if (identity.kind === "certificate") {
+          if (!(await targetExists(this.services, target))) throw notFound(`nothing at ${echo(target.path)}`, "ERR_NOT_FOUND");
+          acting = await this.actingFor.decide({ identity, credential, request, target });
+        }
+        const result = await handler({ services: this.services, request, identity: acting.identity, target, channel, ...(acting.peer ? { peer: acting.peer } : {}) });
         this.observe({ op, status: result.status, form: "jwe" });
         return sealCommonMessage(key, channel.uri, { ...result, requestId: request.requestId });
       } catch (e) {

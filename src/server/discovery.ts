@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { PROTOCOL_NAME, REL_ENTITY_KEYS } from "../protocol/constants.js";
+import { PROTOCOL_NAME, REL_ENTITY_KEYS, REL_KMS } from "../protocol/constants.js";
 import { normalizeEntity } from "../protocol/entity.js";
 import { kmsUri } from "../protocol/uri.js";
 import type { Store } from "../store/store.js";
@@ -47,13 +47,16 @@ export function requestOrigin(req: IncomingMessage): string {
 
 /**
  * Unauthenticated key discovery for other domains (§7): WebFinger (RFC 7033) pointing at an
- * entity's JWKS on this KMS's HTTP origin. Only entities of this KMS's domain, and only those with
- * keys: anything else is 404, so the endpoints say nothing about who exists without keys.
+ * entity's JWKS on this KMS's HTTP origin, and naming this KMS as the entity's home KMS (§12,
+ * `urn:x-keyward:rel:kms`, href `kms://<authority>`). Only entities of this KMS's domain, and only
+ * those with keys: anything else is 404, so the endpoints say nothing about who exists without
+ * keys. One or more `rel` parameters keep only the links of those relations (RFC 7033 §4.3).
  *
  * @example
- * GET /.well-known/webfinger?resource=acct:alice@example.com → { subject, links: [{ rel, type, href }] }
+ * GET /.well-known/webfinger?resource=acct:alice@example.com → { subject, links: [{ rel, type, href }, { rel, href }] }
+ * GET /.well-known/webfinger?resource=acct:alice@example.com&rel=urn:x-keyward:rel:kms → { subject, links: [{ rel, href: "kms://…" }] }
  */
-export function discoveryRoutes(opts: { store: Store; domain: string; publicUrl?: string }) {
+export function discoveryRoutes(opts: { store: Store; domain: string; authority: string; publicUrl?: string }) {
   const activeKeys = async (acct: string | null) => {
     const entity = acct ? normalizeEntity(acct) : undefined;
     if (!entity || entity.slice(entity.lastIndexOf("@") + 1) !== opts.domain) return undefined;
@@ -79,9 +82,14 @@ export function discoveryRoutes(opts: { store: Store; domain: string; publicUrl?
         return true;
       }
       const origin = opts.publicUrl ?? requestOrigin(req);
+      const links = [
+        { rel: REL_ENTITY_KEYS, type: "application/jwk-set+json", href: `${origin}/entities/${encodeURIComponent(found.entity)}/jwks` },
+        { rel: REL_KMS, href: kmsUri(opts.authority) },
+      ];
+      const rels = url.searchParams.getAll("rel");
       send(res, 200, "application/jrd+json", {
         subject: `acct:${found.entity}`,
-        links: [{ rel: REL_ENTITY_KEYS, type: "application/jwk-set+json", href: `${origin}/entities/${encodeURIComponent(found.entity)}/jwks` }],
+        links: rels.length === 0 ? links : links.filter((l) => rels.includes(l.rel)),
       });
       return true;
     }

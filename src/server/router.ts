@@ -62,3 +62,20 @@ export async function route(services: CoreServices, target: ResolvedUri, method:
   }
   throw notFound(`nothing at ${echo(target.path)}`, "ERR_NOT_FOUND");
 }
+
+/**
+ * Whether the object a routed request names exists, for the routes that name objects (true for
+ * collections and operations without an object). §12's peer checks come after §4's 404, so the
+ * core asks this before them.
+ *
+ * @example
+ * if (!(await targetExists(services, target))) throw notFound("nothing at /gks/1");
+ */
+export async function targetExists(services: CoreServices, target: ResolvedUri): Promise<boolean> {
+  for (const { pattern, exists } of routes) {
+    if (pattern.length !== target.segments.length) continue;
+    if (!pattern.every((p, i) => p === ":id" || p === target.segments[i])) continue;
+    return exists ? exists(services, target) : true;
+  }
+  return true;
+}

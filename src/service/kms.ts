@@ -144,7 +144,7 @@ export class Kms {
       bodyReadTimeoutMs: this.bodyReadTimeoutMs(),
       ...(overloaded ? { overloaded } : {}),
       cors: new CorsPolicy(settings.corsOrigins ?? "*"),
-      extraRoutes: discoveryRoutes({ store, domain: settings.domain, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
+      extraRoutes: discoveryRoutes({ store, domain: settings.domain, authority: settings.authority, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
   }
 

@@ -69,6 +69,7 @@ export async function kmsFromConfig(config: KeywardConfig, overrides: { logger?:
       maxSignatureChecksPerAppend: config.maxSignatureChecksPerAppend,
       gmbcReaders: config.gmbcReaders,
       policy: config.policy,
+      ...(config.federation ? { federation: config.federation } : {}),
       ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),
       maxMessageBytes: config.maxMessageBytes,
       maxBatchMessages: config.maxBatchMessages,

@@ -190,6 +190,7 @@ describe("environment overrides", () => {
     ["xmppDomain", "KEYWARD_XMPP_DOMAIN", "KMS.Other.Org", (c) => c.xmpp?.domain, "kms.other.org"],
     ["xmppSecret", "KEYWARD_XMPP_SECRET", "env-secret", (c) => c.xmpp?.secret, "env-secret"],
     ["xmppMaxStanzaBytes", "KEYWARD_XMPP_MAX_STANZA_BYTES", "65536", (c) => c.xmpp?.maxStanzaBytes, 65536],
+    ["federation", "KEYWARD_FEDERATION", '{"webfinger":{"B.Example":"https://b.example/"}}', (c) => c.federation, { peers: [], webfinger: { "b.example": "https://b.example" } }],
     ["devIdp", "KEYWARD_DEV_IDP_LISTEN", "[::1]:9999", (c) => c.devIdp, { listen: "[::1]:9999", listenHost: "::1", listenPort: 9999 }],
   ];
 
@@ -704,5 +705,68 @@ describe("corsOrigins", () => {
       const e = configError(() => resolveConfig(dir, { ...BASE, corsOrigins: value }, {}));
       expect(e.key).toMatch(/^corsOrigins/);
     }
+  });
+});
+
+describe("federation (§12)", () => {
+  const PEERS = { peers: [{ authority: "KMS.B.example", url: "https://kms.b.example/" }], webfinger: { "B.Example": "http://127.0.0.1:8080" } };
+  const ROOTS = { trustRoots: "roots.pem" };
+
+  it("is absent unless configured; peers and webfinger default to empty", () => {
+    expect(resolveConfig(dir, BASE, {}).federation).toBeUndefined();
+    expect(resolveConfig(dir, { ...BASE, federation: {} }, {}).federation).toEqual({ peers: [], webfinger: {} });
+  });
+
+  it("from config.json: authorities and domains lower-cased, origins normalized", () => {
+    const c = resolveConfig(dir, { ...BASE, ...ROOTS, federation: PEERS }, {});
+    expect(c.federation).toEqual({ peers: [{ authority: "kms.b.example", url: "https://kms.b.example" }], webfinger: { "b.example": "http://127.0.0.1:8080" } });
+  });
+
+  it("from KEYWARD_FEDERATION (JSON), overriding the file", () => {
+    const c = resolveConfig(dir, { ...BASE, ...ROOTS, federation: { peers: [] } }, { KEYWARD_FEDERATION: JSON.stringify(PEERS) });
+    expect(c.federation?.peers).toEqual([{ authority: "kms.b.example", url: "https://kms.b.example" }]);
+    expect(CONFIG_KEYS.federation.env).toBe("KEYWARD_FEDERATION");
+  });
+
+  it("KEYWARD_FEDERATION that is not JSON, or is invalid, names the variable (and the nested key)", () => {
+    expect(configError(() => resolveConfig(dir, { ...BASE, ...ROOTS }, { KEYWARD_FEDERATION: "{nope" })).message).toMatch(/^config: KEYWARD_FEDERATION: must be JSON/);
+    const e = configError(() => resolveConfig(dir, { ...BASE, ...ROOTS }, { KEYWARD_FEDERATION: '{"peers":[{"authority":"kms.b.example","url":"ftp://x"}]}' }));
+    expect(e.key).toBe("KEYWARD_FEDERATION");
+    expect(e.message).toMatch(/'federation\.peers\.0\.url': expected an http\(s\) origin/);
+  });
+
+  it("trustRoots is required when peers are set (not for webfinger alone or an empty peer list)", () => {
+    const e = configError(() => resolveConfig(dir, { ...BASE, federation: PEERS }, {}));
+    expect(e.key).toBe("trustRoots");
+    expect(e.message).toMatch(/'trustRoots' is required when 'federation' names peers/);
+    expect(resolveConfig(dir, { ...BASE, federation: { peers: [], webfinger: { "b.example": "https://b.example" } } }, {}).federation?.peers).toEqual([]);
+    expect(resolveConfig(dir, { ...BASE, federation: PEERS }, { KEYWARD_TRUST_ROOTS: "r.pem" }).federation?.peers).toHaveLength(1);
+  });
+
+  it.each([
+    [{ peers: [{ authority: "kms.b.example:8443", url: "https://kms.b.example" }] }, "federation.peers.0.authority", /DNS host name/],
+    [{ peers: [{ authority: "kms://kms.b.example", url: "https://kms.b.example" }] }, "federation.peers.0.authority", /DNS host name/],
+    [{ peers: [{ authority: "kms.b.example", url: "https://kms.b.example/path" }] }, "federation.peers.0.url", /http\(s\) origin/],
+    [{ peers: [{ authority: "kms.b.example", url: "ftp://kms.b.example" }] }, "federation.peers.0.url", /http\(s\) origin/],
+    [{ peers: [{ authority: "kms.b.example", url: "https://user:pw@kms.b.example" }] }, "federation.peers.0.url", /http\(s\) origin/],
+    [{ peers: [{ authority: "kms.b.example" }] }, "federation.peers.0.url", /string/],
+    [{ peers: [{ authority: "kms.b.example", url: "https://a", extra: 1 }] }, "federation.peers.0.extra", /unknown key/],
+    [{ peers: [{ authority: "kms.b.example", url: "https://a" }, { authority: "KMS.B.EXAMPLE", url: "https://b" }] }, "federation.peers.1.authority", /listed twice/],
+    [{ peers: "kms.b.example" }, "federation.peers", /array of peers/],
+    [{ webfinger: { "b_example!": "https://b.example" } }, "federation.webfinger.b_example!", /DNS domain name/],
+    [{ webfinger: { "b.example": "https://b.example/.well-known/webfinger" } }, "federation.webfinger.b.example", /http\(s\) origin/],
+    [{ webfinger: ["https://b.example"] }, "federation.webfinger", /must be an object/],
+    [{ peerz: [] }, "federation.peerz", /unknown key/],
+    ["kms.b.example", "federation", /must be an object/],
+  ])("refuses %j (%s)", (federation, key, message) => {
+    const e = configError(() => resolveConfig(dir, { ...BASE, ...ROOTS, federation }, {}));
+    expect(e.key).toBe(key);
+    expect(e.message).toMatch(message);
+  });
+
+  it("writeConfigFile accepts a valid federation and refuses an invalid one", () => {
+    writeConfigFile(dir, { ...BASE, ...ROOTS, federation: PEERS });
+    expect(loadConfig(dir, {}).federation?.peers[0]?.authority).toBe("kms.b.example");
+    expect(() => writeConfigFile(dir, { ...BASE, federation: { peers: [{ authority: "x", url: "nope" }] } })).toThrow(ConfigError);
   });
 });

@@ -4,7 +4,7 @@ import { badRequest, conflict, forbidden, notFound } from "../../protocol/errors
 import { normalizeEntity } from "../../protocol/entity.js";
 import { kmsUri, objectUri, type ResolvedUri } from "../../protocol/uri.js";
 import type { BlockRef, GkRecord } from "../../store/store.js";
-import type { CoreServices, Handler } from "../context.js";
+import type { CoreServices, Handler, RequestContext } from "../context.js";
 import { describePolicy, isEntitled } from "../gk/policy.js";
 import { wrapGroupKey } from "../gk/wrap-group-key.js";
 import { rfc3339 } from "../key-agreement.js";
@@ -30,6 +30,15 @@ async function deviceKeysOf(services: CoreServices, entity: string): Promise<JWK
   return keys.map((k) => k.jwk as JWK);
 }
 
+/**
+ * Who a GK is wrapped to: the requester's device keys, or, when a federation peer acts for its
+ * user, the peer's static key only (§12 "GKs across KMSs": the user's keys are at its home KMS,
+ * which re-wraps; so no 409 for the user's lack of keys here).
+ */
+async function recipientsFor(ctx: RequestContext): Promise<JWK[]> {
+  return ctx.peer ? [ctx.peer.jwk] : deviceKeysOf(ctx.services, ctx.identity.entity);
+}
+
 /** The signed GK object: `keyBytes` (the GK's key, opened or just made) wrapped to `recipients`. */
 async function signedGk(services: CoreServices, gk: GkRecord, keyBytes: Uint8Array, recipients: readonly JWK[]): Promise<string> {
   const key = wrapGroupKey(keyBytes, gk.uri, recipients);
@@ -47,9 +56,10 @@ function gkUriOf(services: CoreServices, target: ResolvedUri): string {
 }
 
 /** `create /gks`, optional `block` (§9 Create): 256 random bits, stored sealed, returned wrapped and signed. */
-export const createGk: Handler = async ({ services, request, identity }) => {
+export const createGk: Handler = async (ctx) => {
+  const { services, request, identity } = ctx;
   const block = request.block === undefined ? undefined : await requireBlock(services, request.block, identity.entity);
-  const recipients = await deviceKeysOf(services, identity.entity);
+  const recipients = await recipientsFor(ctx);
   const uri = objectUri(services.settings.authority, "gks", randomUUID());
   const keyBytes = randomBytes(32);
   const gk: GkRecord = {
@@ -70,21 +80,23 @@ export const createGk: Handler = async ({ services, request, identity }) => {
 };
 
 /** `update <gk uri>` with `block` (§9 Bind): the requester binds its unbound GK to a block it is a member at. */
-export const bindGk: Handler = async ({ services, request, identity, target }) => {
+export const bindGk: Handler = async (ctx) => {
+  const { services, request, identity, target } = ctx;
   const gk = await services.store.getGk(gkUriOf(services, target));
   if (!gk) throw notFound(`no group key ${echo(gkUriOf(services, target))}`, "ERR_UNKNOWN_GK");
   if (gk.requester !== identity.entity) throw forbidden("only the entity that created a group key may bind it", "ERR_NOT_YOUR_GK");
   if (gk.block) throw conflict(`the group key is already bound to block ${gk.block.hash}`, "ERR_GK_BOUND");
   const block = await requireBlock(services, request.block, identity.entity);
   const signed = await withKeyBytes(services, gk, async (keyBytes) =>
-    signedGk(services, { ...gk, block }, keyBytes, await deviceKeysOf(services, identity.entity)),
+    signedGk(services, { ...gk, block }, keyBytes, await recipientsFor(ctx)),
   );
   if (!(await services.store.bindGk(gk.uri, block))) throw conflict("the group key was bound by a concurrent request", "ERR_GK_BOUND");
   return { status: 200, gk: signed };
 };
 
 /** `retrieve <gk uri>` with `entity` (§9 Get): the policy decides, from the membership index. */
-export const getGk: Handler = async ({ services, request, identity, target }) => {
+export const getGk: Handler = async (ctx) => {
+  const { services, request, identity, target } = ctx;
   const gk = await services.store.getGk(gkUriOf(services, target));
   if (!gk) throw notFound(`no group key ${echo(gkUriOf(services, target))}`, "ERR_UNKNOWN_GK");
   if (typeof request.entity !== "string") throw badRequest("field 'entity' is required (the entity to wrap the key to)", "ERR_FIELD");
@@ -96,7 +108,7 @@ export const getGk: Handler = async ({ services, request, identity, target }) =>
   } else if (!(await isEntitled(services.store, gk.block, identity.entity, services.settings.policy))) {
     throw forbidden(`policy ${services.settings.policy}: ${describePolicy(services.settings.policy)}`, "ERR_POLICY");
   }
-  const recipients = await deviceKeysOf(services, identity.entity);
+  const recipients = await recipientsFor(ctx);
   return { status: 200, gk: await withKeyBytes(services, gk, (keyBytes) => signedGk(services, gk, keyBytes, recipients)) };
 };
 
