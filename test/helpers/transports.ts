@@ -1,7 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { describe } from "vitest";
-import { getCurrentSuite } from "vitest/suite";
+import { describe, TestRunner } from "vitest";
 import { WebSocket } from "ws";
 import { KmsClient, WebSocketTransport, type KmsClientOptions } from "../../src/client/index.js";
 import { startTestKms, type TestKms } from "./harness.js";
@@ -49,7 +48,7 @@ export function kmsClient(kms: TestKms, user: string, kind: DirectTransportKind,
  */
 export function describeOverTransports(title: string, body: (kind: TransportKind) => void): void {
   // The skip message names the suite in full (file, enclosing describe), as the report would.
-  const enclosing = getCurrentSuite();
+  const enclosing = TestRunner.getCurrentSuite();
   const where = [enclosing.file?.name, enclosing.name].filter((s) => s).join(" > ");
   for (const kind of TRANSPORT_KINDS) {
     const runs = kind !== "xmpp" || prosodyForTests(`${where} > "${title} over xmpp"`);
