@@ -10,7 +10,7 @@ import {
   type KmsClient,
 } from "../../src/client/index.js";
 import type { ResponsePayload } from "../../src/protocol/messages.js";
-import { startTestKms, type TestKms } from "../helpers/harness.js";
+import { describeOverTransports, transportServers, type KmsOverTransport } from "../helpers/transports.js";
 
 const ALICE = "alice@example.com";
 const BOB = "bob@example.com";
@@ -29,9 +29,9 @@ interface Party {
   fresh(): GroupKeys;
 }
 
-async function party(kms: TestKms, user: string, clients: KmsClient[], type: "ec" | "rsa" = "ec"): Promise<Party> {
-  const client = kms.client(user);
-  clients.push(client);
+/** Its client comes from `over` (which closes it). */
+async function party(over: KmsOverTransport, user: string, type: "ec" | "rsa" = "ec"): Promise<Party> {
+  const client = await over.client(user);
   const device = await DeviceKey.generate({ type, kid: `${user.split("@")[0]}-${type}` });
   const groups = new Groups(client, { user, device });
   await groups.registerDevice();
@@ -95,9 +95,12 @@ function jwsPayload(jws: string): Record<string, unknown> {
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
-describe("GroupKeys against a real KMS (policy 1)", () => {
-  let kms: TestKms;
-  const clients: KmsClient[] = [];
+/** A KMS per suite and transport (each suite registers the same users' devices); one Prosody for the file. */
+const servers = transportServers();
+afterAll(() => servers.close());
+
+describeOverTransports("GroupKeys against a real KMS (policy 1)", (kind) => {
+  let over: KmsOverTransport;
   let alice: Party;
   let bob: Party;
   let carol: Party;
@@ -105,19 +108,16 @@ describe("GroupKeys against a real KMS (policy 1)", () => {
   let genesis: string;
 
   beforeAll(async () => {
-    kms = await startTestKms();
-    alice = await party(kms, ALICE, clients);
-    bob = await party(kms, BOB, clients, "rsa");
-    carol = await party(kms, CAROL, clients);
+    over = await servers.start(kind);
+    alice = await party(over, ALICE);
+    bob = await party(over, BOB, "rsa");
+    carol = await party(over, CAROL);
     const group = await alice.groups.create([ALICE, BOB]);
     groupUri = group.uri;
     genesis = group.genesis.hash;
   });
 
-  afterAll(async () => {
-    for (const c of clients) await c.close().catch(() => undefined);
-    await kms?.close();
-  });
+  afterAll(() => over?.close());
 
   it("creates an unbound GK: a 256-bit key, signed by the KMS, cached for its creator", async () => {
     const gk = await alice.gks.create();
@@ -303,67 +303,65 @@ describe("GroupKeys against a real KMS (policy 1)", () => {
  * to the new tail, which bob cannot fetch under any policy; what he may still fetch of the old
  * content depends on the KMS's policy.
  */
-describe.each([
-  { policy: 1, bobKeepsOld: true },
-  { policy: 2, bobKeepsOld: false },
-  { policy: 3, bobKeepsOld: false },
-] as const)("encryptFor rotates after a membership change (KEYWARD_POLICY=$policy)", ({ policy, bobKeepsOld }) => {
-  let kms: TestKms;
-  const clients: KmsClient[] = [];
-  let alice: Party;
-  let bob: Party;
+describeOverTransports("encryptFor rotates after a membership change", (kind) => {
+  describe.each([
+    { policy: 1, bobKeepsOld: true },
+    { policy: 2, bobKeepsOld: false },
+    { policy: 3, bobKeepsOld: false },
+  ] as const)("KEYWARD_POLICY=$policy", ({ policy, bobKeepsOld }) => {
+    let over: KmsOverTransport;
+    let alice: Party;
+    let bob: Party;
 
-  beforeAll(async () => {
-    kms = await startTestKms({ env: { KEYWARD_POLICY: String(policy) } });
-    expect(kms.config.policy).toBe(policy);
-    alice = await party(kms, ALICE, clients);
-    bob = await party(kms, BOB, clients);
-  });
+    beforeAll(async () => {
+      over = await servers.start(kind, { env: { KEYWARD_POLICY: String(policy) } });
+      expect(over.kms.config.policy).toBe(policy);
+      alice = await party(over, ALICE);
+      bob = await party(over, BOB);
+    });
 
-  afterAll(async () => {
-    for (const c of clients) await c.close().catch(() => undefined);
-    await kms?.close();
-  });
+    afterAll(() => over?.close());
 
-  it(`uses a new GK bound to the new tail after bob's removal; bob ${bobKeepsOld ? "still reads" : "no longer reads"} the old content`, async () => {
-    const { uri, genesis } = await alice.groups.create([ALICE, BOB]);
-    const old = bytes("before bob's removal");
-    const jwe1 = await alice.gks.encryptFor(uri, old);
-    const gk1 = await alice.gks.currentKey(uri);
-    expect(decodeProtectedHeader(jwe1).kid).toBe(gk1.uri);
-    expect(gk1.block).toBe(genesis.hash);
+    it(`uses a new GK bound to the new tail after bob's removal; bob ${bobKeepsOld ? "still reads" : "no longer reads"} the old content`, async () => {
+      const { uri, genesis } = await alice.groups.create([ALICE, BOB]);
+      const old = bytes("before bob's removal");
+      const jwe1 = await alice.gks.encryptFor(uri, old);
+      const gk1 = await alice.gks.currentKey(uri);
+      expect(decodeProtectedHeader(jwe1).kid).toBe(gk1.uri);
+      expect(gk1.block).toBe(genesis.hash);
 
-    // No membership change: the same GK, and no new one is created.
-    const again = await countingRequests(alice.client, () => alice.gks.encryptFor(uri, bytes("still the same members")));
-    expect(decodeProtectedHeader(again.result).kid).toBe(gk1.uri);
-    expect(again.calls.filter(([m, u]) => m === "create" && u === "/gks")).toEqual([]);
+      // No membership change: the same GK, and no new one is created.
+      const again = await countingRequests(alice.client, () => alice.gks.encryptFor(uri, bytes("still the same members")));
+      expect(decodeProtectedHeader(again.result).kid).toBe(gk1.uri);
+      expect(again.calls.filter(([m, u]) => m === "create" && u === "/gks")).toEqual([]);
 
-    // bob, a member at the bound block and now, reads it under every policy.
-    expect((await bob.fresh().decrypt(jwe1)).plaintext).toEqual(old);
-
-    const tail = await alice.groups.remove(uri, [BOB]);
-    const fresh = bytes("after bob's removal");
-    const jwe2 = await alice.gks.encryptFor(uri, fresh);
-    const gk2 = await alice.gks.currentKey(uri);
-    expect(gk2.uri).not.toBe(gk1.uri);
-    expect(gk2.block).toBe(tail);
-    expect(gk2.key).not.toEqual(gk1.key);
-    expect(decodeProtectedHeader(jwe2).kid).toBe(gk2.uri);
-    expect((await alice.fresh().decrypt(jwe2)).plaintext).toEqual(fresh);
-
-    // The new GK: bob is a member neither at its block nor now → 403 under every policy.
-    const newGk = await refusal(bob.fresh().fetch(gk2.uri));
-    expect(newGk.status).toBe(403);
-    expect(newGk.reason).toContain(`policy ${policy}`);
-    await expect(bob.fresh().decrypt(jwe2)).rejects.toBeInstanceOf(KmsRequestError);
-
-    // The old GK, asked for again (no cached copy): policy 1 keeps bob's entitlement, 2 and 3 do not.
-    if (bobKeepsOld) {
+      // bob, a member at the bound block and now, reads it under every policy.
       expect((await bob.fresh().decrypt(jwe1)).plaintext).toEqual(old);
-    } else {
-      const e = await refusal(bob.fresh().decrypt(jwe1));
-      expect(e.status).toBe(403);
-      expect(e.reason).toContain(`policy ${policy}`);
-    }
+
+      const tail = await alice.groups.remove(uri, [BOB]);
+      const fresh = bytes("after bob's removal");
+      const jwe2 = await alice.gks.encryptFor(uri, fresh);
+      const gk2 = await alice.gks.currentKey(uri);
+      expect(gk2.uri).not.toBe(gk1.uri);
+      expect(gk2.block).toBe(tail);
+      expect(gk2.key).not.toEqual(gk1.key);
+      expect(decodeProtectedHeader(jwe2).kid).toBe(gk2.uri);
+      expect((await alice.fresh().decrypt(jwe2)).plaintext).toEqual(fresh);
+
+      // The new GK: bob is a member neither at its block nor now → 403 under every policy.
+      const newGk = await refusal(bob.fresh().fetch(gk2.uri));
+      expect(newGk.status).toBe(403);
+      expect(newGk.reason).toContain(`policy ${policy}`);
+      await expect(bob.fresh().decrypt(jwe2)).rejects.toBeInstanceOf(KmsRequestError);
+
+      // The old GK, asked for again (no cached copy): policy 1 keeps bob's entitlement, 2 and 3 do not.
+      if (bobKeepsOld) {
+        expect((await bob.fresh().decrypt(jwe1)).plaintext).toEqual(old);
+      } else {
+        const e = await refusal(bob.fresh().decrypt(jwe1));
+        expect(e.status).toBe(403);
+        expect(e.reason).toContain(`policy ${policy}`);
+      }
+    });
   });
 });

@@ -16,7 +16,7 @@ import {
   verifyChain,
   type GenesisPayload,
 } from "../../src/primitives/gmbc/index.js";
-import { startTestKms, type TestKms } from "../helpers/harness.js";
+import { describeOverTransports, transportServers, type KmsOverTransport } from "../helpers/transports.js";
 
 const ALICE = "alice@example.com";
 const BOB = "bob@example.com";
@@ -68,11 +68,15 @@ describe("DeviceKey", () => {
   });
 });
 
-describe("Groups against a real KMS", () => {
-  let kms: TestKms;
+/** One KMS per transport (the suite's users and device kids would collide on a shared one); one Prosody for the file. */
+const servers = transportServers();
+afterAll(() => servers.close());
+
+describeOverTransports("Groups against a real KMS", (kind) => {
+  let over: KmsOverTransport;
   const clients: KmsClient[] = [];
-  const client = (user: string) => {
-    const c = kms.client(user);
+  const client = async (user: string) => {
+    const c = await over.client(user);
     clients.push(c);
     return c;
   };
@@ -82,15 +86,12 @@ describe("Groups against a real KMS", () => {
   const tails: string[] = [];
 
   beforeAll(async () => {
-    kms = await startTestKms();
-    alice = new Groups(client(ALICE), { user: ALICE, device: await DeviceKey.generate({ type: "ec", kid: "alice-laptop" }) });
-    bob = new Groups(client(BOB), { user: BOB, device: await DeviceKey.generate({ type: "rsa", kid: "bob-phone" }) });
+    over = await servers.start(kind);
+    alice = new Groups(await client(ALICE), { user: ALICE, device: await DeviceKey.generate({ type: "ec", kid: "alice-laptop" }) });
+    bob = new Groups(await client(BOB), { user: BOB, device: await DeviceKey.generate({ type: "rsa", kid: "bob-phone" }) });
   });
 
-  afterAll(async () => {
-    for (const c of clients) await c.close().catch(() => undefined);
-    await kms?.close();
-  });
+  afterAll(() => over?.close());
 
   it("registers devices; registering again is a no-op; another key under the same kid is refused", async () => {
     expect(await alice.registerDevice()).toBe("registered");
@@ -99,7 +100,7 @@ describe("Groups against a real KMS", () => {
     const keys = await alice.keysOf(BOB);
     expect(keys).toEqual([bob.device.publicJwk]);
 
-    const impostor = new Groups(client(ALICE), { user: ALICE, device: await DeviceKey.generate({ kid: "alice-laptop" }) });
+    const impostor = new Groups(await client(ALICE), { user: ALICE, device: await DeviceKey.generate({ kid: "alice-laptop" }) });
     await expect(impostor.registerDevice()).rejects.toThrow(/different key registered as 'alice-laptop'/);
   });
 
@@ -171,7 +172,7 @@ describe("Groups against a real KMS", () => {
     expect((refused as KmsRequestError).status).toBe(403);
 
     // mallory, never a member, signs a well-formed block on the real tail: the append is refused 403.
-    const mallory = new Groups(client("mallory@example.com"), { user: "mallory@example.com", device: await DeviceKey.generate() });
+    const mallory = new Groups(await client("mallory@example.com"), { user: "mallory@example.com", device: await DeviceKey.generate() });
     await mallory.registerDevice();
     const mAdd = await mallory.add(groupUri, ["eve@example.com"]).catch((e: unknown) => e);
     expect(mAdd).toBeInstanceOf(KmsRequestError);
@@ -237,7 +238,7 @@ describe("Groups against a real KMS", () => {
     let uri: string;
 
     it("alice's two devices and bob add three members concurrently: 409s are retried, all land", async () => {
-      const alice2Client = client(ALICE);
+      const alice2Client = await client(ALICE);
       alice2 = new Groups(alice2Client, { user: ALICE, device: await DeviceKey.generate({ kid: "alice-phone" }) });
       expect(await alice2.registerDevice()).toBe("registered");
       expect((await alice.keysOf(ALICE)).map((k) => k.kid).sort()).toEqual(["alice-laptop", "alice-phone"]);
@@ -343,7 +344,7 @@ describe("Groups against a real KMS", () => {
   });
 
   it("a cached tail the KMS does not know (404) makes the next fetch start from scratch", async () => {
-    const fresh = new Groups(client(ALICE), { user: ALICE, device: alice.device });
+    const fresh = new Groups(await client(ALICE), { user: ALICE, device: alice.device });
     await fresh.fetch(groupUri);
     const c = clients.at(-1)!;
     const realRequest = c.request.bind(c);
@@ -378,7 +379,7 @@ describe("Groups against a real KMS", () => {
       ["a fork before the cached tail", (b) => [b[0]!, b[1]!, fork], 2],
       ["a longer fork before the cached tail", (b) => [b[0]!, b[1]!, fork, forkNext], 2],
     ];
-    const fresh = new Groups(client(ALICE), { user: ALICE, device: alice.device });
+    const fresh = new Groups(await client(ALICE), { user: ALICE, device: alice.device });
     await fresh.fetch(groupUri);
     const c = clients.at(-1)!;
     const realRequest = c.request.bind(c);

@@ -72,7 +72,12 @@ describe("an untrusted transport in front of a real KMS", () => {
   const tokens: string[] = [];
   const clients: KmsClient[] = [];
 
-  /** A client whose every token is remembered, behind a hostile transport. */
+  /**
+   * A client whose every token is remembered, behind a hostile transport. HTTP only, unlike the
+   * e2e suites (groups, group-keys, channel.e2e): the hostile transport wraps whichever transport
+   * it is given and plays the KMS's part itself, so the SDK checks it exercises are the same over
+   * every transport.
+   */
   const hostileClient = (user: string) => {
     const transport = new HostileTransport(new HttpTransport(kms.url));
     const client = kms.client(user, {

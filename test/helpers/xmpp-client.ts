@@ -73,11 +73,11 @@ export async function kmsClientOverXmpp(
   kms: TestKms,
   prosody: ProsodyServer,
   xmppUser: string,
-  opts: { user?: string; timeoutMs?: number; resource?: string } = {},
+  opts: { user?: string; timeoutMs?: number; resource?: string; /** The KMS's component JID; default {@link KMS_COMPONENT}. */ component?: string } = {},
 ): Promise<{ kms: KmsClient; xmpp: Client; transport: XmppTransport; close: () => Promise<void> }> {
   const xmpp = await connectXmppUser(prosody, xmppUser, opts.resource ?? "kms");
   const user = opts.user ?? `${xmppUser}@example.com`;
-  const transport = new XmppTransport({ connection: xmppJsConnection(xmpp, xml), to: KMS_COMPONENT, ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}) });
+  const transport = new XmppTransport({ connection: xmppJsConnection(xmpp, xml), to: opts.component ?? KMS_COMPONENT, ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}) });
   return {
     // `url: undefined`: nothing may reach the KMS over HTTP behind the test's back.
     kms: kms.client(user, { transport, url: undefined }),

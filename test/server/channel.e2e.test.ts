@@ -1,14 +1,18 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KmsRequestError } from "../../src/client/index.js";
-import { post, RawClient, startTestKms, type TestKms } from "../helpers/harness.js";
+import { post, RawClient, type TestKms } from "../helpers/harness.js";
+import { describeOverTransports, transportServers, type TransportClients } from "../helpers/transports.js";
+
+/** One KMS per static key type, shared by the HTTP tests and the SDK over each transport; one Prosody for the file. */
+const servers = transportServers();
+afterAll(() => servers.close());
 
 for (const keyType of ["ec", "rsa"] as const) {
   describe(`secure channel end to end (${keyType.toUpperCase()} static key)`, () => {
     let kms: TestKms;
     beforeAll(async () => {
-      kms = await startTestKms({ keyType });
+      kms = await servers.kms({ keyType });
     });
-    afterAll(() => kms.close());
 
     it("publishes the static key at /.well-known/kms with kid = KMS URI, x5c, no alg/use", async () => {
       const res = await fetch(`${kms.url}/.well-known/kms`);
@@ -22,18 +26,6 @@ for (const keyType of ["ec", "rsa"] as const) {
       expect(doc.jwk).not.toHaveProperty("alg");
       expect(doc.jwk).not.toHaveProperty("use");
       expect(doc.jwk).not.toHaveProperty("d");
-    });
-
-    it("the SDK validates the KMS, opens a channel, pings and deletes it", async () => {
-      const client = kms.client("alice@example.com");
-      await client.ping();
-      const channel = client.channel!;
-      expect(channel.uri).toMatch(/^kms:\/\/kms\.example\.com\/ecdhe\/[0-9a-f-]{36}$/);
-      expect(channel.userId).toBe("alice@example.com");
-      expect(channel.expiresAt.getTime() - Date.now()).toBeGreaterThan(3500_000);
-      const before = kms.channelCount();
-      await client.close();
-      expect(kms.channelCount()).toBe(before - 1);
     });
 
     it("the ECDHE reply carries the key under `key` and `ephemeral-key`, with expirationDate", async () => {
@@ -66,17 +58,6 @@ for (const keyType of ["ec", "rsa"] as const) {
       expect((await raw.request({ method: "post" })).payload.status).toBe(405);
     });
 
-    it("a deleted channel is unknown (JWS 401); the SDK re-keys transparently", async () => {
-      const client = kms.client("bob@example.com");
-      await client.ping();
-      const first = client.channel!.uri;
-      // Delete it behind the SDK's back (as another node or an operator would).
-      await kms.kms.core.services.store.deleteChannel(first);
-      await client.ping();
-      expect(client.channel!.uri).not.toBe(first);
-      await client.close();
-    });
-
     it("batch form: replies in order, one per message", async () => {
       const a = new RawClient(kms);
       await a.ecdhe();
@@ -92,11 +73,6 @@ for (const keyType of ["ec", "rsa"] as const) {
       expect((await decryptCommonMessage(a.key!, kmsMessages[2]!)).payload).toEqual({ status: 200, requestId: "two" });
     });
 
-    it("a user whose domain the certificate does not name is refused by the SDK", async () => {
-      const client = kms.client("mallory@example.org");
-      await expect(client.ping()).rejects.toMatchObject({ code: "ERR_KMS_CERT_NAME" });
-    });
-
     it("serves /healthz, /readyz and /metrics", async () => {
       expect((await fetch(`${kms.url}/healthz`)).status).toBe(200);
       expect((await fetch(`${kms.url}/readyz`)).status).toBe(200);
@@ -104,12 +80,49 @@ for (const keyType of ["ec", "rsa"] as const) {
       expect(metrics).toContain("keyward_kms_requests_total");
     });
 
-    it("a KMS refusal reaches SDK users as KmsRequestError with status and reason", async () => {
-      const client = kms.client("carol@example.com");
-      const err = await client.request("update", "/nothing-here").catch((e) => e);
-      expect(err).toBeInstanceOf(KmsRequestError);
-      expect(err).toMatchObject({ status: 404, form: "jwe" });
-      await client.close();
+    /** The SDK's part, over each transport, on this KMS (which is also on the file's Prosody when it runs). */
+    describeOverTransports("the SDK", (kind) => {
+      let clients: TransportClients;
+      beforeAll(() => {
+        clients = servers.clients(kms, kind);
+      });
+      afterAll(() => clients?.close());
+
+      it("the SDK validates the KMS, opens a channel, pings and deletes it", async () => {
+        const client = await clients.client("alice@example.com");
+        await client.ping();
+        const channel = client.channel!;
+        expect(channel.uri).toMatch(/^kms:\/\/kms\.example\.com\/ecdhe\/[0-9a-f-]{36}$/);
+        expect(channel.userId).toBe("alice@example.com");
+        expect(channel.expiresAt.getTime() - Date.now()).toBeGreaterThan(3500_000);
+        const before = kms.channelCount();
+        await client.close();
+        expect(kms.channelCount()).toBe(before - 1);
+      });
+
+      it("a deleted channel is unknown (JWS 401); the SDK re-keys transparently", async () => {
+        const client = await clients.client("bob@example.com");
+        await client.ping();
+        const first = client.channel!.uri;
+        // Delete it behind the SDK's back (as another node or an operator would).
+        await kms.kms.core.services.store.deleteChannel(first);
+        await client.ping();
+        expect(client.channel!.uri).not.toBe(first);
+        await client.close();
+      });
+
+      it("a user whose domain the certificate does not name is refused by the SDK", async () => {
+        const client = await clients.client("mallory@example.org");
+        await expect(client.ping()).rejects.toMatchObject({ code: "ERR_KMS_CERT_NAME" });
+      });
+
+      it("a KMS refusal reaches SDK users as KmsRequestError with status and reason", async () => {
+        const client = await clients.client("carol@example.com");
+        const err = await client.request("update", "/nothing-here").catch((e) => e);
+        expect(err).toBeInstanceOf(KmsRequestError);
+        expect(err).toMatchObject({ status: 404, form: "jwe" });
+        await client.close();
+      });
     });
   });
 }
