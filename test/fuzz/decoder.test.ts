@@ -17,6 +17,7 @@ import {
   fuzzTimeout,
   hostileValue,
   isPlainObject,
+  jsonText,
   ReplyOpener,
   sealText,
   type OpenedReply,
@@ -420,7 +421,7 @@ describe("fuzz: the core's handle() (§4): every reply well formed, in the form 
   it("hostile JSON payloads on a live channel → a common message, never 500", async () => {
     await fc.assert(
       fc.asyncProperty(fc.oneof(payloadLike, hostileValue), async (payload) => {
-        const text = typeof payload === "string" ? payload : JSON.stringify(payload);
+        const text = typeof payload === "string" ? payload : jsonText(payload);
         const message = await sealText(live.key!, live.uri!, text);
         const opened = await checkReply(message);
         // It decrypted, so the reply is a common message (§4), whatever the payload was.

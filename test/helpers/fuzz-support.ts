@@ -144,8 +144,11 @@ export const HOSTILE_VALUES: readonly unknown[] = [
   [],
   {},
   [null],
-  deepArray(3_000),
-  deepObject(3_000),
+  deepArray(200),
+  deepObject(200),
+  // Deeper nesting as raw text, so that only the server (not this test's own JSON.stringify) recurses.
+  new RawJson("[".repeat(20_000) + "]".repeat(20_000)),
+  new RawJson('{"a":'.repeat(20_000) + "{}" + "}".repeat(20_000)),
   ...PROTO_OBJECTS,
 ];
 
