@@ -489,7 +489,7 @@ describe("fuzz: every operation's fields (§4-§9): no 500, the right form, a re
     await fc.assert(
       fc.asyncProperty(fc.nat(), async (bits) => {
         const fresh = await createGroup(alice, [ALICE, BOB]);
-        const jws = await signedBlock(buildAppendedPayload({ antecedent: fresh.tail, creator: ALICE, operations: [add("carol@example.com")] }));
+        const jws = await signedBlock({ ...buildAppendedPayload({ antecedent: fresh.tail, creator: ALICE, operations: [add("carol@example.com")] }) });
         const parts = jws.split(".");
         // The signature is what a relay can re-spell without the signer: 64 bytes, 86 characters, 4 unused bits.
         parts[2] = respell(parts[2]!, bits)!;

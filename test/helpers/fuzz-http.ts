@@ -110,7 +110,7 @@ export function parseResponses(data: Buffer, closed: boolean, head: boolean): Ra
       if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
     }
     let pos = end + 4;
-    let body = Buffer.alloc(0);
+    let body: Buffer = Buffer.alloc(0);
     const noBody = (status >= 100 && status < 200) || status === 204 || status === 304 || head;
     if (!noBody) {
       if (headers["transfer-encoding"]?.toLowerCase().includes("chunked")) {
