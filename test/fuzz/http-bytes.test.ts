@@ -343,7 +343,7 @@ describe("fuzz: the HTTP binding byte by byte (§3)", () => {
           body: b,
           framing: chunked ? { kind: "chunked", lengthDelta: 0, pieces: 2 } : { kind: "length", lengthDelta: 0, pieces: 1 },
         };
-        const before = storeSnapshot(kms);
+        const before = (await storeSnapshot(kms));
         // Well framed, so the client waits for the answer before it half-closes (generously: the machine is loaded).
         const ex = await rawHttp(port, serialize(r), { idleMs: 15_000, timeoutMs: 25_000 });
         expect(ex.timedOut).toBe(false);
@@ -366,7 +366,7 @@ describe("fuzz: the HTTP binding byte by byte (§3)", () => {
         }
         // No body here holds a request that stores anything (pings, and a key agreement whose jwk
         // is refused), so the store is unchanged whatever the status.
-        expect(snapshotDiff(before, storeSnapshot(kms))).toEqual([]);
+        expect(snapshotDiff(before, (await storeSnapshot(kms)))).toEqual([]);
         await healthy();
       }),
       fuzzParams(100),
@@ -377,12 +377,12 @@ describe("fuzz: the HTTP binding byte by byte (§3)", () => {
     await fc.assert(
       fc.asyncProperty(fc.integer({ min: 2, max: 4 }), fc.integer({ min: 300_000, max: 900_000 }), async (n, size) => {
         fc.pre(n * size > MIB);
-        const before = storeSnapshot(kms);
+        const before = (await storeSnapshot(kms));
         const items = Array.from({ length: n }, (_v, i) => (i === 0 ? real[0]! : "A".repeat(size)));
         const b = Buffer.from(JSON.stringify({ destination: "kms://kms.example.com", kmsMessages: items }));
         const ex = await rawHttp(port, serialize({ method: "POST", path: "/kms/messages", version: "HTTP/1.1", headers: [["Host", "x"], ["Content-Type", "application/json"]], body: b, framing: { kind: "length", lengthDelta: 0, pieces: 1 } }));
         expect(ex.responses[0]?.status).toBe(413);
-        expect(snapshotDiff(before, storeSnapshot(kms))).toEqual([]);
+        expect(snapshotDiff(before, (await storeSnapshot(kms)))).toEqual([]);
       }),
       fuzzParams(5),
     );

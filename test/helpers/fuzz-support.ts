@@ -1,4 +1,5 @@
 import Database from "better-sqlite3";
+import pg from "pg";
 import fc from "fast-check";
 import { base64url, CompactEncrypt, compactVerify, importJWK, type JWK } from "jose";
 import { expect } from "vitest";
@@ -259,32 +260,50 @@ export function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 // ─── The store, as a client could see it ─────────────────────────────────────────────────────
 
+/** Rows of each table, as sorted JSON lines, with the bookkeeping left out (see storeSnapshot). */
+function bookkeepingFree(tables: Record<string, Record<string, unknown>[]>): string {
+  const out: Record<string, string[]> = {};
+  for (const [table, rows] of Object.entries(tables)) {
+    if (table === "channel_requests") continue;
+    out[table] = rows
+      .map((r) => {
+        if (table !== "channels") return JSON.stringify(r);
+        const { message_count: _c, ...rest } = r;
+        return JSON.stringify(rest);
+      })
+      .sort();
+  }
+  return JSON.stringify(Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : 1))));
+}
+
 /**
- * Every table of the SQLite store except the replay records, with the channels' message counter
- * left out: both are channel bookkeeping that any authenticated request may change
+ * Every table of the store except the replay records, with the channels' message counter left
+ * out: both are channel bookkeeping that any authenticated request may change
  * (docs/protocol-decisions.md decision 4). Everything else must be unchanged by a refusal.
+ * SQLite is read through its file; PostgreSQL through the schema named in the store URL.
  */
-export function storeSnapshot(kms: TestKms): string {
-  if (kms.config.store.kind !== "sqlite") throw new Error("the fuzzers need the SQLite store");
-  const db = new Database(kms.config.store.path, { readonly: true });
-  try {
-    const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[])
-      .map((t) => t.name)
-      .filter((t) => t !== "channel_requests");
-    const out: Record<string, unknown[]> = {};
-    for (const table of tables) {
-      const rows = db.prepare(`SELECT * FROM "${table}"`).all() as Record<string, unknown>[];
-      out[table] = rows
-        .map((r) => {
-          if (table === "channels") {
-            const { message_count: _c, ...rest } = r;
-            return JSON.stringify(rest);
-          }
-          return JSON.stringify(r);
-        })
-        .sort();
+export async function storeSnapshot(kms: TestKms): Promise<string> {
+  const store = kms.config.store;
+  if (store.kind === "postgres") {
+    const url = new URL(store.url);
+    const schema = url.searchParams.get("schema") ?? "public";
+    url.searchParams.delete("schema");
+    const client = new pg.Client({ connectionString: url.toString(), connectionTimeoutMillis: 5_000 });
+    client.on("error", () => {});
+    await client.connect();
+    try {
+      const names = (await client.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = $1", [schema])).rows;
+      const tables: Record<string, Record<string, unknown>[]> = {};
+      for (const { table_name } of names) tables[table_name] = (await client.query(`SELECT * FROM "${schema}"."${table_name}"`)).rows;
+      return bookkeepingFree(tables);
+    } finally {
+      await client.end();
     }
-    return JSON.stringify(out);
+  }
+  const db = new Database(store.path, { readonly: true });
+  try {
+    const names = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map((t) => t.name);
+    return bookkeepingFree(Object.fromEntries(names.map((t) => [t, db.prepare(`SELECT * FROM "${t}"`).all() as Record<string, unknown>[]])));
   } finally {
     db.close();
   }
