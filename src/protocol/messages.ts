@@ -1,6 +1,7 @@
 import { badRequest, unauthorized } from "./errors.js";
 import { METHOD_ALIASES, METHODS, type Method } from "./constants.js";
 import type { JWK } from "jose";
+import { isSafeIdentifierText } from "./text.js";
 
 /** A requestId is echoed verbatim and compared as a JSON value: 7 and "7" differ (§4). */
 export type RequestId = string | number;
@@ -55,6 +56,9 @@ export function parseRequest(payload: unknown): RequestPayload {
   const client = p.client as Record<string, unknown>;
   if (typeof client.clientId !== "string") {
     throw badRequest("field 'client.clientId' is required and must be a string", "ERR_FIELD");
+  }
+  if (!isSafeIdentifierText(client.clientId)) {
+    throw badRequest("field 'client.clientId' must not contain control characters or lone surrogates", "ERR_FIELD");
   }
   if (requestIdOf(p) === undefined) {
     throw badRequest("field 'requestId' is required and must be a string or a number", "ERR_FIELD");
