@@ -7,6 +7,7 @@ import { post, RawClient, startTestKms, type TestKms } from "../helpers/harness.
 import { add, createGroup, Party, type Chain } from "../helpers/gk-fixtures.js";
 import { displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
 import {
+  closeSnapshotClients,
   DELETE,
   expectWellFormedStatus,
   fuzzParams,
@@ -103,6 +104,9 @@ for (const storeKind of ["sqlite", "postgres"] as const) {
   const suite = storeKind === "sqlite" || postgres ? describe : describe.skip;
   // The known-gap properties do not depend on the store: they run once, on SQLite.
   const gap = storeKind === "sqlite" ? it.fails : it.skip;
+  // The field fuzz mostly exercises the core and the handlers, which the SQLite run covers; the
+  // PostgreSQL run is there for what the store itself does with odd values, at a third of the runs.
+  const runs = (n: number) => (storeKind === "postgres" ? Math.max(5, Math.ceil(n / 3)) : n);
 suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the right form, a reason, nothing stored by a refusal`, () => {
   let kms: TestKms;
   let opener: ReplyOpener;
@@ -138,6 +142,7 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
   }, 60_000);
   afterAll(async () => {
     await kms?.close();
+    await closeSnapshotClients();
     await dropSchema?.();
   });
 
@@ -388,9 +393,9 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
             await prepared.cleanup?.();
           }
         }),
-        fuzzParams(30),
+        fuzzParams(runs(20)),
       );
-    }, fuzzTimeout(30, 400));
+    }, fuzzTimeout(runs(20), 600));
   }
 
   // Text a store may not hold: PostgreSQL refuses NUL in text (the query fails) and turns lone
@@ -425,9 +430,9 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
           await prepared.cleanup?.();
         }
       }),
-      fuzzParams(60),
+      fuzzParams(storeKind === "postgres" ? 40 : 20),
     );
-  }, fuzzTimeout(60, 400));
+  }, fuzzTimeout(40, 600));
 
   // ─── Rules of the profile not implemented yet (known gaps being fixed in parallel) ────────
   // Each is written as the rule will be, and marked `it.fails` so that the suite passes today;
@@ -459,9 +464,10 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
         expect(reply.payload).not.toHaveProperty("requestId");
         expect(snapshotDiff(before, (await storeSnapshot(kms)))).toEqual([]);
       }),
-      fuzzParams(10),
+      // No shrinking: today every case fails, and the property is marked as failing.
+      fuzzParams(5, { endOnFailure: true }),
     );
-  }, fuzzTimeout(10, 400));
+  }, fuzzTimeout(5, 400));
 
   gap("KNOWN GAP (§10 clientId: at most 256 characters; being fixed): a longer one → 400 naming clientId, nothing stored (key agreement included)", async () => {
     await fc.assert(
@@ -484,9 +490,10 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
         expect(String(reply.payload.reason)).toContain("clientId");
         expect(snapshotDiff(before, (await storeSnapshot(kms)))).toEqual([]);
       }),
-      fuzzParams(10),
+      // No shrinking: today every case fails, and the property is marked as failing.
+      fuzzParams(5, { endOnFailure: true }),
     );
-  }, fuzzTimeout(10, 400));
+  }, fuzzTimeout(5, 400));
 
   gap("KNOWN GAP (§10 requestId: a safe integer when a number; not in the brief's list): 1.5, 2^53, 1e21 → 400, not echoed, nothing stored", async () => {
     const unsafe = fc.oneof(
@@ -502,9 +509,10 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
         expect(reply.payload).not.toHaveProperty("requestId");
         expect(snapshotDiff(before, (await storeSnapshot(kms)))).toEqual([]);
       }),
-      fuzzParams(10),
+      // No shrinking: today every case fails, and the property is marked as failing.
+      fuzzParams(5, { endOnFailure: true }),
     );
-  }, fuzzTimeout(10, 400));
+  }, fuzzTimeout(5, 400));
 
   gap("KNOWN GAP (reasons echo attacker strings unbounded; being truncated to 64 characters): no reason carries more than 64 characters of a field's value", async () => {
     const LONG = "Q".repeat(1_000);
@@ -534,7 +542,7 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
         expect(String(reply.payload.reason)).not.toContain("Q".repeat(65));
       }),
       // The first example echoes today, so the property fails deterministically until the fix.
-      fuzzParams<[Payload]>(20, { examples: [[{ method: "delete", uri: `/entities/${ALICE}/keys/${LONG}` }]] }),
+      fuzzParams<[Payload]>(17, { endOnFailure: true, examples: [[{ method: "delete", uri: `/entities/${ALICE}/keys/${LONG}` }]] }),
     );
   }, fuzzTimeout(20, 400));
 
@@ -562,9 +570,9 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
         expect(reply.payload.status).toBe(400);
         expect(snapshotDiff(before, (await storeSnapshot(kms)))).toEqual([]);
       }),
-      fuzzParams(5),
+      fuzzParams(3, { endOnFailure: true }),
     );
-  }, fuzzTimeout(5, 500));
+  }, fuzzTimeout(3, 500));
 
   it("the unfuzzed requests succeed (so that every refusal above is the fuzzed field's doing)", async () => {
     const expected: Record<string, number> = {};

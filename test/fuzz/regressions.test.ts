@@ -3,7 +3,7 @@ import { encryptCommonMessage } from "../../src/protocol/jose/common-message.js"
 import { openJws, post, RawClient, startTestKms, type TestKms } from "../helpers/harness.js";
 import { createGroup, makeDeviceKey, Party } from "../helpers/gk-fixtures.js";
 import { rawHttp } from "../helpers/fuzz-http.js";
-import { snapshotDiff, storeSnapshot } from "../helpers/fuzz-support.js";
+import { closeSnapshotClients, snapshotDiff, storeSnapshot } from "../helpers/fuzz-support.js";
 import { displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
 
 /**
@@ -69,6 +69,7 @@ for (const storeKind of ["sqlite", "postgres"] as const) {
     }, 60_000);
     afterAll(async () => {
       await kms?.close();
+      await closeSnapshotClients();
       await dropSchema?.();
     });
 

@@ -288,17 +288,11 @@ export async function storeSnapshot(kms: TestKms): Promise<string> {
     const url = new URL(store.url);
     const schema = url.searchParams.get("schema") ?? "public";
     url.searchParams.delete("schema");
-    const client = new pg.Client({ connectionString: url.toString(), connectionTimeoutMillis: 5_000 });
-    client.on("error", () => {});
-    await client.connect();
-    try {
-      const names = (await client.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = $1", [schema])).rows;
-      const tables: Record<string, Record<string, unknown>[]> = {};
-      for (const { table_name } of names) tables[table_name] = (await client.query(`SELECT * FROM "${schema}"."${table_name}"`)).rows;
-      return bookkeepingFree(tables);
-    } finally {
-      await client.end();
-    }
+    const client = await snapshotClient(url.toString());
+    const names = (await client.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = $1", [schema])).rows;
+    const tables: Record<string, Record<string, unknown>[]> = {};
+    for (const { table_name } of names) tables[table_name] = (await client.query(`SELECT * FROM "${schema}"."${table_name}"`)).rows;
+    return bookkeepingFree(tables);
   }
   const db = new Database(store.path, { readonly: true });
   try {
@@ -307,6 +301,29 @@ export async function storeSnapshot(kms: TestKms): Promise<string> {
   } finally {
     db.close();
   }
+}
+
+/** One PostgreSQL connection per server for snapshots (a connection per snapshot costs more than the request). */
+const snapshotClients = new Map<string, Promise<pg.Client>>();
+function snapshotClient(url: string): Promise<pg.Client> {
+  let client = snapshotClients.get(url);
+  if (!client) {
+    client = (async () => {
+      const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
+      c.on("error", () => {});
+      await c.connect();
+      return c;
+    })();
+    snapshotClients.set(url, client);
+  }
+  return client;
+}
+
+/** Closes the snapshot connections (call in afterAll of a suite that snapshots PostgreSQL). */
+export async function closeSnapshotClients(): Promise<void> {
+  const clients = [...snapshotClients.values()];
+  snapshotClients.clear();
+  await Promise.all(clients.map(async (c) => (await c).end().catch(() => {})));
 }
 
 /** The differing tables of two snapshots, for a readable failure. */
