@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
+import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/jose/common-message.js";
 import { openJws, post, RawClient, startTestKms, type TestKms } from "../helpers/harness.js";
 import { createGroup, makeDeviceKey, Party } from "../helpers/gk-fixtures.js";
 import { rawHttp } from "../helpers/fuzz-http.js";
-import { closeSnapshotClients, snapshotDiff, storeSnapshot } from "../helpers/fuzz-support.js";
+import { closeSnapshotClients, sealText, snapshotDiff, storeSnapshot } from "../helpers/fuzz-support.js";
 import { displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
 
 /**
@@ -113,6 +113,20 @@ for (const storeKind of ["sqlite", "postgres"] as const) {
       expect(payload).toMatchObject({ status: 400 });
       expect(String(payload.reason)).toMatch(/clientId/);
       expect(snapshotDiff(before, await storeSnapshot(kms))).toEqual([]);
+    });
+    // operations.test.ts, requestId = the JSON text -0: the reply echoes 0. That is the same JSON
+    // value (§4 compares requestIds as JSON values), so a later 0 is a replay of it.
+    it("requestId -0 is echoed as 0, and 0 after it is a replay (409)", async () => {
+      const credential = await alice.raw.credential();
+      const send = async (idText: string) => {
+        const text = `{"client":${JSON.stringify(credential)},"method":"update","uri":"/ping","requestId":${idText}}`;
+        const res = await post(kms.url, await sealText(alice.raw.key!, alice.raw.uri!, text));
+        return (await decryptCommonMessage(alice.raw.key!, res.body)).payload as Record<string, unknown>;
+      };
+      const first = await send("-0");
+      expect(first.status).toBe(200);
+      expect(JSON.stringify(first.requestId)).toBe("0");
+      expect(await send("0")).toMatchObject({ status: 409, requestId: 0 });
     });
     it("a message whose kid holds NUL names no key → JWS 401", async () => {
       const message = await encryptCommonMessage(alice.raw.key!, `kms://kms.example.com/ecdhe/a\u0000b`, { requestId: "x" });
