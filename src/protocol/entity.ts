@@ -1,3 +1,5 @@
+import { isSafeIdentifierText } from "./text.js";
+
 /**
  * Entities are acct URIs written `user@domain` (§1, §7): an `acct:` prefix is removed, the domain is
  * lower-cased, the local part kept as is (it is case-sensitive).
@@ -7,6 +9,8 @@
  * normalizeEntity("not an entity")          // undefined
  */
 export function normalizeEntity(value: string): string | undefined {
+  // Control characters and lone surrogates: no entity (a store could not hold or compare it exactly).
+  if (!isSafeIdentifierText(value)) return undefined;
   const bare = value.startsWith("acct:") ? value.slice(5) : value;
   const at = bare.lastIndexOf("@");
   if (at <= 0 || at === bare.length - 1) return undefined;

@@ -1,6 +1,7 @@
 import { importJWK, type JWK } from "jose";
 import { badRequest } from "./errors.js";
 import { importEcdhPublicKey } from "./jose/ephemeral-key.js";
+import { isSafeIdentifierText } from "./text.js";
 
 const PRIVATE_MEMBERS = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 const ALGS_BY_TYPE: Readonly<Record<string, readonly string[]>> = {
@@ -24,6 +25,9 @@ export async function validateEntityPublicJwk(value: unknown, field = "jwk"): Pr
   }
   if (typeof jwk.kid !== "string" || jwk.kid.length === 0 || jwk.kid.length > 256) {
     throw badRequest(`field '${field}.kid' is required (a non-empty string of at most 256 characters)`, "ERR_FIELD");
+  }
+  if (!isSafeIdentifierText(jwk.kid)) {
+    throw badRequest(`field '${field}.kid' must not contain control characters or lone surrogates`, "ERR_FIELD");
   }
   const allowed = typeof jwk.kty === "string" ? ALGS_BY_TYPE[jwk.kty] : undefined;
   if (!allowed) throw badRequest(`field '${field}.kty' must be RSA or EC (P-256)`, "ERR_KEY_TYPE");

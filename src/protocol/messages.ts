@@ -2,6 +2,7 @@ import { badRequest, unauthorized } from "./errors.js";
 import { METHOD_ALIASES, METHODS, type Method } from "./constants.js";
 import type { JWK } from "jose";
 import { echo } from "./echo.js";
+import { isSafeIdentifierText } from "./text.js";
 
 /** A requestId is echoed verbatim and compared as a JSON value: 7 and "7" differ (§4). */
 export type RequestId = string | number;
@@ -76,6 +77,9 @@ export function parseRequest(payload: unknown): RequestPayload {
   }
   if (!withinChars(client.clientId, MAX_ID_CHARS)) {
     throw badRequest(`field 'client.clientId' is longer than ${MAX_ID_CHARS} characters`, "ERR_FIELD");
+  }
+  if (!isSafeIdentifierText(client.clientId)) {
+    throw badRequest("field 'client.clientId' must not contain control characters or lone surrogates", "ERR_FIELD");
   }
   if (requestIdOf(p) === undefined) {
     throw badRequest(`field 'requestId' is required and must be a string of at most ${MAX_ID_CHARS} characters or a safe integer`, "ERR_FIELD");

@@ -1,4 +1,5 @@
 import { KmsError } from "./errors.js";
+import { isSafeIdentifierText } from "./text.js";
 
 /**
  * Object and collection URIs (§1). A request may name `/gks/8ed7` or `kms://kms.example.com/gks/8ed7`;
@@ -15,6 +16,10 @@ export interface ResolvedUri {
 }
 
 export function resolveUri(uri: string, authority: string): ResolvedUri {
+  if (!isSafeIdentifierText(uri)) {
+    // No URI holds a control character or a lone surrogate (RFC 3986), and no store could look one up.
+    throw new KmsError(400, "ERR_FIELD", "field 'uri' must not contain control characters or lone surrogates");
+  }
   let path: string;
   let foreign = false;
   if (uri.startsWith("kms://")) {

@@ -74,7 +74,13 @@ export function discoveryRoutes(opts: { store: Store; domain: string; authority:
 
   return async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
     if (req.method !== "GET") return false;
-    const url = new URL(req.url ?? "/", "http://placeholder");
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://placeholder");
+    } catch {
+      // A request target that is no URL (e.g. "//", an empty authority) names no discovery resource: 404, not 500.
+      return false;
+    }
     if (url.pathname === "/.well-known/webfinger") {
       const found = await activeKeys(url.searchParams.get("resource"));
       if (!found) {

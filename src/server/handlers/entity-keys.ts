@@ -1,6 +1,7 @@
 import { conflict, forbidden, notFound } from "../../protocol/errors.js";
 import { normalizeEntity } from "../../protocol/entity.js";
 import { validateEntityPublicJwk } from "../../protocol/jwk.js";
+import { isSafeIdentifierText } from "../../protocol/text.js";
 import { rfc3339 } from "../key-agreement.js";
 import type { Handler, RequestContext } from "../context.js";
 import { echo } from "../../protocol/echo.js";
@@ -37,7 +38,8 @@ export const revokeEntityKey: Handler = async (ctx) => {
   const entity = entityOf(ctx);
   if (entity !== ctx.identity.entity) throw forbidden("only an entity can delete its own keys", "ERR_NOT_YOUR_KEY");
   const kid = decodeSegment(ctx.target.segments[3]!);
-  if (!(await ctx.services.store.revokeEntityKey(entity, kid, ctx.services.now()))) {
+  // A kid with control characters or lone surrogates was never registered (and a store may not look it up).
+  if (!isSafeIdentifierText(kid) || !(await ctx.services.store.revokeEntityKey(entity, kid, ctx.services.now()))) {
     throw notFound(`${echo(entity)} has no key '${echo(kid)}'`, "ERR_UNKNOWN_KEY");
   }
   return { status: 204 };

@@ -29,7 +29,8 @@ export const getChain: Handler = async ({ services, request, target, identity })
   let after = -1;
   if (request.antecedent !== undefined) {
     if (typeof request.antecedent !== "string") throw badRequest("field 'antecedent' must be a block hash", "ERR_FIELD");
-    const found = await store.findBlock(request.antecedent);
+    // Only a block hash can name a block (and a store may not even be able to look up other text).
+    const found = /^[0-9a-f]{64}$/.test(request.antecedent) ? await store.findBlock(request.antecedent) : undefined;
     if (!found || found.chainUri !== chainUri) throw notFound("field 'antecedent' names no block of this chain", "ERR_UNKNOWN_BLOCK");
     after = found.position;
   }
