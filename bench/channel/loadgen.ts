@@ -9,6 +9,7 @@ import { CompactEncrypt, compactVerify, exportJWK, importJWK, type JWK } from "j
 import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../src/protocol/jose/ephemeral-key.js";
 import { agentClient, rawClient, type PostClient, type SimpleResponse } from "../lib/raw-http.js";
 import { runPhase, type PhaseResult } from "../lib/load.js";
+import { connectTransport, type TransportTarget } from "../lib/transports.js";
 
 export type ClientKind = "raw" | "agent";
 
@@ -16,7 +17,8 @@ export type LoadgenRequest =
   | { cmd: "setup"; url: string; token: string; channels: number; concurrency: number; client: ClientKind }
   | { cmd: "pregen-start" }
   | { cmd: "pregen-target"; target: number }
-  | { cmd: "phase"; op: "bare" | "ping" | "ecdhe"; port: number; warmupMs: number; measureMs: number }
+  /** `transport`: how the phase reaches the server (default: HTTP to 127.0.0.1:`port`, one connection per request in flight). */
+  | { cmd: "phase"; op: "bare" | "ping" | "ecdhe"; port: number; warmupMs: number; measureMs: number; transport?: TransportTarget }
   | { cmd: "exit" };
 
 export interface SetupResult {
@@ -121,8 +123,8 @@ function makeClient(port: number): PostClient {
   return (clientKind === "raw" ? rawClient : agentClient)(host, port, PATH, JOSE, concurrency);
 }
 
-async function phase(op: "bare" | "ping" | "ecdhe", port: number, warmupMs: number, measureMs: number): Promise<PhaseResult> {
-  const client = makeClient(port);
+async function phase(op: "bare" | "ping" | "ecdhe", port: number, warmupMs: number, measureMs: number, transport?: TransportTarget): Promise<PhaseResult> {
+  const client = transport ? await connectTransport(transport, concurrency) : makeClient(port);
   const lastId: (string | undefined)[] = [];
   const channelOf = (w: number) => channels[w % channels.length]!;
   const pingBody = (w: number) => {
@@ -172,7 +174,7 @@ async function phase(op: "bare" | "ping" | "ecdhe", port: number, warmupMs: numb
       },
     });
   } finally {
-    client.close();
+    await client.close();
     if (op === "ecdhe") pregenerated.splice(0, cursor);
   }
 }
@@ -210,7 +212,7 @@ async function handle(req: LoadgenRequest): Promise<unknown> {
       return { count: pregenerated.length, seconds: (performance.now() - pregenStarted) / 1000 };
     }
     case "phase":
-      return phase(req.op, req.port, req.warmupMs, req.measureMs);
+      return phase(req.op, req.port, req.warmupMs, req.measureMs, req.transport);
     case "exit":
       setImmediate(() => process.exit(0));
       return {};
