@@ -13,7 +13,7 @@
  * on core 1. Everything on loopback; every process is stopped by its own PID. See bench/README.md.
  */
 import { randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -64,6 +64,7 @@ const { values: a } = parseArgs({
     "phase-quiet": { type: "string" },
     "no-build": { type: "boolean", default: false },
     "no-results": { type: "boolean", default: false },
+    "section-out": { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
@@ -82,7 +83,8 @@ if (a.help) {
   --quiet-wait S        wait up to S s for quiet cores before the run (default 10; quick 0)
   --phase-quiet S       the same before each phase (default 3; quick 0)
   --no-build            do not run npm run build first
-  --no-results          do not append to bench/RESULTS.md`);
+  --no-results          do not append to bench/RESULTS.md
+  --section-out FILE    also write the section (markdown) to FILE (how npm run bench includes it)`);
   process.exit(0);
 }
 const quick = a.quick;
@@ -129,7 +131,9 @@ async function main(): Promise<void> {
   const startedAt = new Date();
   const t0 = performance.now();
   const loadStart = loadavg();
-  for (const o of otherBenchProcesses()) notes.push(`at the start, another ${o.kind} process was running (pid ${o.pid})`);
+  const byKind = new Map<string, number[]>();
+  for (const o of otherBenchProcesses()) byKind.set(o.kind, [...(byKind.get(o.kind) ?? []), o.pid]);
+  for (const [kind, pids] of byKind) notes.push(`at the start, ${pids.length} other ${kind} process${pids.length > 1 ? "es" : ""} of other sessions (pids ${pids.join(", ")})`);
   if (!a["no-build"]) build(ROOT);
   const pinned = TASKSET !== undefined && (await pinPid(process.pid, CLIENT_CORE));
   if (!TASKSET) notes.push("taskset not found: nothing is pinned, server and client CPU mix");
@@ -303,6 +307,7 @@ async function main(): Promise<void> {
   ].join("\n");
   console.log(`\n${section}`);
   if (gk) log(`GK get request ${gk.getRequestBytes} B, ping request ${ch.pingRequestBytes} B`);
+  if (a["section-out"]) writeFileSync(a["section-out"], section);
   if (!a["no-results"]) log(`appended to ${appendResults(ROOT, section)}`);
   if (errors.length) process.exitCode = 1;
 }
