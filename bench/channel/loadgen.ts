@@ -10,6 +10,7 @@ import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } fro
 import { agentClient, rawClient, type PostClient, type SimpleResponse } from "../lib/raw-http.js";
 import { runPhase, type PhaseResult } from "../lib/load.js";
 import { connectTransport, type TransportTarget } from "../lib/transports.js";
+import { postRetrying429 } from "../lib/kms-session.js";
 
 export type ClientKind = "raw" | "agent";
 
@@ -64,8 +65,9 @@ async function ecdheRequest(): Promise<{ message: string; privateKey: CryptoKey 
 /** Opens one channel the way a client does: ECDHE, verify the signed reply, derive K_ephemeral. */
 async function openChannel(verifyKey: CryptoKey): Promise<Channel> {
   const { message, privateKey } = await ecdheRequest();
-  const res = await fetch(`${url}${PATH}`, { method: "POST", headers: { "content-type": JOSE }, body: message });
+  const res = await postRetrying429(`${url}${PATH}`, message);
   const body = await res.text();
+  if (res.status !== 200) throw new Error(`ECDHE: HTTP ${res.status}: ${body.slice(0, 200)}`);
   const { payload } = await compactVerify(body, verifyKey, { algorithms: ["ES256"] });
   const reply = JSON.parse(new TextDecoder().decode(payload)) as { status: number; reason?: string; key?: { uri: string; jwk: JWK } };
   if (reply.status !== 201 || !reply.key) throw new Error(`ECDHE refused: ${reply.status} ${reply.reason ?? ""}`);
