@@ -223,6 +223,8 @@ async function main(): Promise<void> {
     const result = await measureCpu(sample, warmupMs, measureMs, call);
     if (result.cpu.otherCpu.some((u) => u > 0.1)) noisy.push(`${what} over ${transport} (${result.cpu.otherCpu.map(pct).join("/")})`);
     if (result.errors > 0) log(`WARNING: ${what} over ${transport}: ${result.errors} errors, first: ${result.firstError}`);
+    if (result.completed === 0) log(`WARNING: ${what} over ${transport}: no reply completed inside the measured window (a stall: requests in flight across the whole window)`);
+    log(`  ${fmt(result.throughput)} req/s, p50 ${result.latency.p50Ms?.toFixed(2)} ms, p99 ${result.latency.p99Ms?.toFixed(2)} ms, ${result.errors} errors, other CPU ${result.cpu.otherCpu.map(pct).join("/")}`);
     rows.push({ what, transport, shape: shapeOf(target, concurrency), result, load1: loadavg()[0] });
   };
 
@@ -267,13 +269,15 @@ async function main(): Promise<void> {
   const row = (what: string, t: TransportKind) => rows.find((r) => r.what === what && r.transport === t);
   const bareOf = (t: TransportKind) => rows.find((r) => r.what.startsWith("bare") && r.transport === t);
   const opCeiling = (what: string) => (what === "ping" ? chCeil?.ping.opsPerSec : what === "GK get" ? gkCeil?.get.opsPerSec : undefined);
+  // NaN (no replies) arrives over IPC as null.
+  const ms = (v: number | null) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(2) : "–");
   const ratio = (x: number, y: number | undefined) => (y !== undefined && y > 0 ? pct(x / y) : "–");
   const header = ["operation", "transport", "load shape", "req/s", "p50 ms", "p99 ms", "errors", "vs crypto ceiling", "vs bare transport", "server CPU", "Prosody CPU", "loadgen CPU", "other CPU core0/core1", "load avg 1 min"];
   const line = (r: Row) => {
     const isOp = !r.what.startsWith("bare");
     const bare = r.transport !== "–" ? bareOf(r.transport) : undefined;
     return [
-      r.what, r.transport, r.shape, fmt(r.result.throughput), r.result.latency.p50Ms.toFixed(2), r.result.latency.p99Ms.toFixed(2), fmt(r.result.errors),
+      r.what, r.transport, r.shape, fmt(r.result.throughput), ms(r.result.latency.p50Ms), ms(r.result.latency.p99Ms), fmt(r.result.errors),
       isOp ? ratio(r.result.throughput, opCeiling(r.what)) : "–",
       isOp && r.what === "ping" && bare ? ratio(r.result.throughput, bare.result.throughput) : "–",
       pct(r.result.cpu.serverCpu), r.transport === "xmpp" ? pct(r.result.cpu.sideCpu) : "–", pct(r.result.cpu.clientCpu),
@@ -294,7 +298,7 @@ async function main(): Promise<void> {
     const r = bareOf(t);
     if (r) body.push(line(r));
   }
-  const errors = rows.filter((r) => r.result.errors > 0);
+  const errors = rows.filter((r) => r.result.errors > 0 || r.result.completed === 0);
   const { commit, srcDirty } = gitState(ROOT);
   const section = [
     `## Transports ${startedAt.toISOString()} (commit ${commit}${srcDirty ? ", src/ modified" : ""})${quick ? " QUICK (numbers mean nothing)" : ""}`,
@@ -311,7 +315,7 @@ async function main(): Promise<void> {
     table(body),
     "",
     ...(noisy.length ? [`WARNING: other processes used more than 10% of a bench core during: ${noisy.join(", ")}; those numbers are low by about that much.`, ""] : []),
-    ...(errors.length ? [`ERRORS: ${errors.map((r) => `${r.what} over ${r.transport}: ${r.result.errors} (first: ${r.result.firstError})`).join("; ")}`, ""] : []),
+    ...(errors.length ? [`ERRORS: ${errors.map((r) => r.result.completed === 0 ? `${r.what} over ${r.transport}: NO reply completed in the window` : `${r.what} over ${r.transport}: ${r.result.errors} (first: ${r.result.firstError})`).join("; ")}`, ""] : []),
   ].join("\n");
   console.log(`\n${section}`);
   if (gk) log(`GK get request ${gk.getRequestBytes} B, ping request ${ch.pingRequestBytes} B`);
