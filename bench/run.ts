@@ -10,7 +10,9 @@
  *              or through the protocol with --gk-count), plus GKs created and fetched via the protocol;
  *   workers    `keyward serve --workers 1` vs `--workers 2`, GK get and ping;
  *   overload   GK get with concurrency far above the HTTP binding's shedding threshold: 429 share
- *              and latency, latency of the accepted requests.
+ *              and latency, latency of the accepted requests;
+ *   transports ping and GK get over HTTP, WebSocket and XMPP against one KMS (bench/transports/run.ts,
+ *              run as a child process; its section is included as part 7).
  * The KMS runs on core 0 and the load generators on core 1 (taskset), except in `workers`, where the
  * server has both cores and shares them with its load generator.
  */
@@ -47,7 +49,7 @@ const ROOT = resolve(HERE, "..");
 const SERVER_CORE = 0;
 const CLIENT_CORE = 1;
 const BOTH = "0,1";
-const PARTS = ["ops", "sweep", "membership", "rss", "workers", "overload"] as const;
+const PARTS = ["ops", "sweep", "membership", "rss", "workers", "overload", "transports"] as const;
 type Part = (typeof PARTS)[number];
 
 const { values: a } = parseArgs({
@@ -80,7 +82,7 @@ const { values: a } = parseArgs({
 if (a.help) {
   console.log(`npm run bench -- [options]      the performance record (issue #6); see bench/README.md
   --quick                 every part, briefly (smoke test, < 2 min); results are marked QUICK
-  --only LIST             subset of ${PARTS.join(",")} (default: all)
+  --only LIST             subset of ${PARTS.join(",")} (default: all; transports runs bench/transports/run.ts)
   --stores LIST           sqlite,postgres (default both; PostgreSQL skipped, and said so, when unreachable)
   --postgres-url URL      server for the PostgreSQL store, a fresh schema per run, dropped at the end
                           (default KEYWARD_BENCH_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test)
@@ -450,6 +452,22 @@ async function runOverload(): Promise<OverloadRun> {
   }
 }
 
+// ---- part 7: transports (its own runner, as a child: it starts its own KMS and Prosody) ----
+async function runTransports(): Promise<string> {
+  const tmp = mkdtempSync(join(os.tmpdir(), "keyward-record-transports-"));
+  cleanups.push(() => rmSync(tmp, { recursive: true, force: true }));
+  const out = join(tmp, "section.md");
+  const argv = ["--import", "tsx", join(HERE, "transports/run.ts"), "--no-build", "--no-results", "--section-out", out, "--concurrency", String(concurrency), "--quiet-wait", "0",
+    ...(quick ? ["--quick"] : []), ...(a.warmup ? ["--warmup", a.warmup] : []), ...(a.measure ? ["--measure", a.measure] : [])];
+  // Not pinned here: the runner pins itself and each process it starts.
+  const child = children.start(BOTH, argv, { stdio: ["ignore", "inherit", "inherit"] });
+  const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+  if (!existsSync(out)) return `The transports runner failed (exit ${code}); see its output.`;
+  const text = readFileSync(out, "utf8");
+  // Its own "## Transports …" heading becomes this record's part 7 (machine line and notes kept).
+  return text.replace(/^## Transports [^\n]*\n/, `### 7. Transports (bench/transports/run.ts${code === 0 ? "" : `, exit ${code}: reply errors`})\n`);
+}
+
 // ---- report ----
 const verdict = (ok: boolean) => (ok ? "PASS" : "FAIL");
 const ms = (v: number) => fmt(v, 2);
@@ -488,6 +506,7 @@ async function main(): Promise<void> {
   const rss = wanted.has("rss") ? await runRss() : undefined;
   const workers = wanted.has("workers") ? await runWorkers() : undefined;
   const overload = wanted.has("overload") ? await runOverload() : undefined;
+  const transportsSection = wanted.has("transports") ? await runTransports() : undefined;
 
   const targets = [["target", "value", "goal", "verdict"]];
   const sections: string[] = [];
@@ -587,6 +606,8 @@ async function main(): Promise<void> {
     targets.push([`overload: 429 share at ${overloadConcurrency} in flight`, pct(share), "> 0 (load is shed)", verdict(share > 0)]);
     targets.push(["overload: accepted p99 vs p99 at the reference concurrency", `${ms(above.latency.p99Ms)} ms vs ${ms(below.latency.p99Ms)} ms`, "≤ 2x (bounded)", verdict(above.latency.p99Ms <= bound)]);
   }
+
+  if (transportsSection) sections.push("", transportsSection);
 
   const { commit, srcDirty } = gitState(ROOT);
   const text = [

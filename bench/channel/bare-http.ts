@@ -5,9 +5,9 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { PING_SIZED_REPLY } from "../lib/bare-reply.js";
 
-// About the size of a ping reply (a dir/A256GCM JWE of {"status":200,"requestId":"..."}).
-const BODY = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIiwia2lkIjoia21zOi8vbG9jYWxob3N0L2VjZGhlLzAwMDAwMDAwLTAwMDAtNDAwMC04MDAwLTAwMDAwMDAwMDAwMCJ9..AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA";
+const BODY = PING_SIZED_REPLY;
 const LENGTH = String(Buffer.byteLength(BODY));
 
 const server = http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {

@@ -9,6 +9,8 @@ import { CompactEncrypt, compactVerify, exportJWK, importJWK, type JWK } from "j
 import { deriveEphemeralKey, generateEphemeralKeyPair, importEcdhPublicKey } from "../../src/protocol/jose/ephemeral-key.js";
 import { agentClient, rawClient, type PostClient, type SimpleResponse } from "../lib/raw-http.js";
 import { runPhase, type PhaseResult } from "../lib/load.js";
+import { connectTransport, type TransportTarget } from "../lib/transports.js";
+import { postRetrying429 } from "../lib/kms-session.js";
 
 export type ClientKind = "raw" | "agent";
 
@@ -16,7 +18,8 @@ export type LoadgenRequest =
   | { cmd: "setup"; url: string; token: string; channels: number; concurrency: number; client: ClientKind }
   | { cmd: "pregen-start" }
   | { cmd: "pregen-target"; target: number }
-  | { cmd: "phase"; op: "bare" | "ping" | "ecdhe"; port: number; warmupMs: number; measureMs: number }
+  /** `transport`: how the phase reaches the server (default: HTTP to 127.0.0.1:`port`, one connection per request in flight). */
+  | { cmd: "phase"; op: "bare" | "ping" | "ecdhe"; port: number; warmupMs: number; measureMs: number; transport?: TransportTarget }
   | { cmd: "exit" };
 
 export interface SetupResult {
@@ -62,8 +65,9 @@ async function ecdheRequest(): Promise<{ message: string; privateKey: CryptoKey 
 /** Opens one channel the way a client does: ECDHE, verify the signed reply, derive K_ephemeral. */
 async function openChannel(verifyKey: CryptoKey): Promise<Channel> {
   const { message, privateKey } = await ecdheRequest();
-  const res = await fetch(`${url}${PATH}`, { method: "POST", headers: { "content-type": JOSE }, body: message });
+  const res = await postRetrying429(`${url}${PATH}`, message);
   const body = await res.text();
+  if (res.status !== 200) throw new Error(`ECDHE: HTTP ${res.status}: ${body.slice(0, 200)}`);
   const { payload } = await compactVerify(body, verifyKey, { algorithms: ["ES256"] });
   const reply = JSON.parse(new TextDecoder().decode(payload)) as { status: number; reason?: string; key?: { uri: string; jwk: JWK } };
   if (reply.status !== 201 || !reply.key) throw new Error(`ECDHE refused: ${reply.status} ${reply.reason ?? ""}`);
@@ -121,8 +125,8 @@ function makeClient(port: number): PostClient {
   return (clientKind === "raw" ? rawClient : agentClient)(host, port, PATH, JOSE, concurrency);
 }
 
-async function phase(op: "bare" | "ping" | "ecdhe", port: number, warmupMs: number, measureMs: number): Promise<PhaseResult> {
-  const client = makeClient(port);
+async function phase(op: "bare" | "ping" | "ecdhe", port: number, warmupMs: number, measureMs: number, transport?: TransportTarget): Promise<PhaseResult> {
+  const client = transport ? await connectTransport(transport, concurrency) : makeClient(port);
   const lastId: (string | undefined)[] = [];
   const channelOf = (w: number) => channels[w % channels.length]!;
   const pingBody = (w: number) => {
@@ -172,7 +176,7 @@ async function phase(op: "bare" | "ping" | "ecdhe", port: number, warmupMs: numb
       },
     });
   } finally {
-    client.close();
+    await client.close();
     if (op === "ecdhe") pregenerated.splice(0, cursor);
   }
 }
@@ -210,7 +214,7 @@ async function handle(req: LoadgenRequest): Promise<unknown> {
       return { count: pregenerated.length, seconds: (performance.now() - pregenStarted) / 1000 };
     }
     case "phase":
-      return phase(req.op, req.port, req.warmupMs, req.measureMs);
+      return phase(req.op, req.port, req.warmupMs, req.measureMs, req.transport);
     case "exit":
       setImmediate(() => process.exit(0));
       return {};

@@ -23,7 +23,7 @@ import { coreTicks, cpuSeconds, rssMiB } from "../lib/proc.js";
 import type { CeilingReport } from "./ceiling.js";
 import type { ClientKind, LoadgenRequest, SetupResult } from "./loadgen.js";
 import { runBench } from "../lib/main.js";
-import { build, Children, fmt, gitState, log, machineLine, pct, startIpcChild, startKeywardDev, table, type KeywardDev } from "../lib/harness.js";
+import { build, Children, fmt, gitState, log, machineLine, pct, startIpcChild, startKeywardDev, startListeningChild, table, type KeywardDev } from "../lib/harness.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
@@ -73,17 +73,7 @@ const children = new Children(ROOT);
 let kms: KeywardDev | undefined;
 
 async function startBare(): Promise<{ child: ChildProcess; port: number }> {
-  const child = children.start(SERVER_CORE, ["--import", "tsx", join(HERE, "bare-http.ts")], { stdio: ["ignore", "pipe", "inherit"] });
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = "";
-    child.stdout!.on("data", (c: Buffer) => {
-      out += c.toString();
-      const m = /listening (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.once("exit", (code) => reject(new Error(`bare http server exited (${code})`)));
-  });
-  return { child, port };
+  return startListeningChild(children, SERVER_CORE, ["--import", "tsx", join(HERE, "bare-http.ts")]);
 }
 
 async function runCeiling(token: string): Promise<CeilingReport & { otherCpu0: number }> {

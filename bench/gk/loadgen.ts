@@ -13,6 +13,7 @@ import { exportJWK, generalDecrypt, generateKeyPair, importJWK, type GeneralJWE,
 import { parseBlock } from "../../src/primitives/gmbc/parse-block.js";
 import { runPhase, type PhaseResult } from "../lib/load.js";
 import { rawClient, type PostClient } from "../lib/raw-http.js";
+import { connectTransport, withTimeout, type TransportTarget } from "../lib/transports.js";
 import { serveIpc } from "../lib/harness.js";
 import { JOSE_TYPE, KmsSession, MESSAGES_PATH, openReply, seal, jwsPayload, type KmsChannel } from "../lib/kms-session.js";
 import { ALICE, ChainSigner, memberKeyFromJwk, newMemberKey, type MemberKey } from "../gmbc/blocks.js";
@@ -24,7 +25,8 @@ export type LoadgenRequest =
   | { cmd: "members"; members: { entity: string; token: string }[]; big: { uri: string; tail: string } }
   | { cmd: "pregen"; main: number; compare: number; concurrency: number }
   | { cmd: "reconnect"; url: string; token: string; memberTokens: string[] }
-  | { cmd: "phase"; kind: PhaseKind; warmupMs: number; measureMs: number; concurrency: number; shed?: boolean }
+  /** `transport`: how the phase reaches the KMS (default: HTTP to the KMS set up, one connection per request in flight). */
+  | { cmd: "phase"; kind: PhaseKind; warmupMs: number; measureMs: number; concurrency: number; shed?: boolean; transport?: TransportTarget }
   /** Fetches each GK (as alice, checked: 200, the GK asked for, bound to `block`); returns how many and how long. */
   | { cmd: "fetch"; uris: string[]; block: string; concurrency: number }
   | { cmd: "exit" };
@@ -87,20 +89,9 @@ function setTarget(u: string): void {
   port = Number(p.port);
 }
 
-/** A raw client whose replies time out (a connection the server closed becomes an error, not a hung worker). */
+/** A raw HTTP client whose replies time out (a connection the server closed becomes an error, not a hung worker). */
 function clientWithTimeout(connections: number, timeoutMs = 30_000): PostClient {
-  const inner = rawClient(host, port, MESSAGES_PATH, JOSE_TYPE, connections);
-  return {
-    post: (slot, body) =>
-      new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no reply within ${timeoutMs / 1000} s (connection ${slot})`)), timeoutMs);
-        inner.post(slot, body).then(
-          (r) => (clearTimeout(timer), resolve(r)),
-          (e: unknown) => (clearTimeout(timer), reject(e instanceof Error ? e : new Error(String(e)))),
-        );
-      }),
-    close: () => inner.close(),
-  };
+  return withTimeout(rawClient(host, port, MESSAGES_PATH, JOSE_TYPE, connections), timeoutMs);
 }
 
 interface GkPayload {
@@ -149,7 +140,7 @@ async function createMany(block: string, count: number, concurrency: number): Pr
       }),
     );
   } finally {
-    client.close();
+    await client.close();
   }
   return out;
 }
@@ -240,7 +231,7 @@ async function fetchMany(uris: string[], block: string, concurrency: number): Pr
       }),
     );
   } finally {
-    client.close();
+    await client.close();
   }
   return { fetched: uris.length, seconds: (performance.now() - t0) / 1000 };
 }
@@ -248,7 +239,7 @@ async function fetchMany(uris: string[], block: string, concurrency: number): Pr
 async function phase(req: Extract<LoadgenRequest, { cmd: "phase" }>): Promise<LoadgenPhaseResult> {
   const { kind, concurrency, warmupMs, measureMs } = req;
   const shed = req.shed ? { shedStatus: 429 } : {};
-  const client = clientWithTimeout(concurrency);
+  const client = req.transport ? await connectTransport(req.transport, concurrency) : clientWithTimeout(concurrency);
   const list = kind === "get" ? gks.main : kind === "get-small" ? gks.small : kind === "get-big" ? gks.big : [];
   const block = kind === "get-small" ? small.tail : kind === "get-big" ? big.tail : group.tail;
   if (kind !== "create" && list.length === 0) throw new Error(`no pre-created GKs for ${kind}`);
@@ -291,7 +282,7 @@ async function phase(req: Extract<LoadgenRequest, { cmd: "phase" }>): Promise<Lo
     });
     return compare ? { ...result, latencies } : result;
   } finally {
-    client.close();
+    await client.close();
   }
 }
 

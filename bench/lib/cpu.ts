@@ -11,6 +11,8 @@ export interface CpuSample {
   readonly server: number;
   readonly client: number;
   readonly ours: number;
+  /** CPU seconds of the side processes (e.g. the XMPP server between client and KMS). */
+  readonly side: number;
   readonly cores: { busy: number; total: number }[];
 }
 
@@ -21,16 +23,29 @@ export interface CpuUse {
   readonly clientCpu: number;
   /** Busy time per bench core not used by the bench's processes (fraction of that core). */
   readonly otherCpu: number[];
+  /** CPU of the side processes (`cpuSampler`'s `side`), in cores; 0 without any. */
+  readonly sideCpu: number;
 }
 
 const sum = (pids: readonly number[]) => pids.reduce((a, p) => a + (cpuSeconds(p) || 0), 0);
 
-/** A sampler of the given processes; `others` are further processes of ours (e.g. the orchestrator, idle loadgens). */
-export function cpuSampler(cores: readonly number[], server: () => readonly number[], client: () => readonly number[], others: () => readonly number[] = () => []): () => CpuSample {
+/**
+ * A sampler of the given processes; `others` are further processes of ours (e.g. the orchestrator,
+ * idle loadgens); `side` are processes of ours reported apart (e.g. the XMPP server a transport
+ * goes through). Neither counts as "other" CPU.
+ */
+export function cpuSampler(
+  cores: readonly number[],
+  server: () => readonly number[],
+  client: () => readonly number[],
+  others: () => readonly number[] = () => [],
+  side: () => readonly number[] = () => [],
+): () => CpuSample {
   return () => {
     const s = sum(server());
     const c = sum(client());
-    return { t: performance.now(), server: s, client: c, ours: s + c + sum(others()), cores: cores.map((k) => coreTicks(k)) };
+    const d = sum(side());
+    return { t: performance.now(), server: s, client: c, side: d, ours: s + c + d + sum(others()), cores: cores.map((k) => coreTicks(k)) };
   };
 }
 
@@ -44,6 +59,7 @@ export function cpuBetween(a: CpuSample, b: CpuSample): CpuUse {
     serverCpu: (b.server - a.server) / secs,
     clientCpu: (b.client - a.client) / secs,
     otherCpu: busy.map((u) => Math.max(0, u - (ours * u) / totalBusy)),
+    sideCpu: (b.side - a.side) / secs,
   };
 }
 

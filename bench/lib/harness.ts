@@ -191,6 +191,27 @@ export function serveIpc<Req>(handle: (req: Req) => Promise<unknown>): void {
   process.on("disconnect", () => process.exit(0));
 }
 
+/**
+ * Starts a reference server (`node <argv>`, pinned to `core`) that prints `listening <port>` once
+ * ready (e.g. `channel/bare-http.ts`); resolves with the child and the port.
+ *
+ * @example
+ * const bare = await startListeningChild(children, 0, ["--import", "tsx", "bench/channel/bare-http.ts"]);
+ */
+export async function startListeningChild(children: Children, core: number, argv: readonly string[], env?: Record<string, string>): Promise<{ child: ChildProcess; port: number }> {
+  const child = children.start(core, argv, { stdio: ["ignore", "pipe", "inherit"], ...(env ? { env: { ...process.env, ...env } } : {}) });
+  const port = await new Promise<number>((resolve, reject) => {
+    let out = "";
+    child.stdout!.on("data", (c: Buffer) => {
+      out += c.toString();
+      const m = /listening (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.once("exit", (code) => reject(new Error(`${argv[argv.length - 1]} exited (${code}) before listening: ${out.slice(-1000)}`)));
+  });
+  return { child, port };
+}
+
 /** Runs `node <argv>` pinned to `core` to completion and parses the last stdout line as JSON. */
 export async function runJsonChild<T>(children: Children, core: number, argv: readonly string[], env?: Record<string, string>): Promise<T> {
   const child = children.start(core, argv, { stdio: ["ignore", "pipe", "inherit"], ...(env ? { env: { ...process.env, ...env } } : {}) });

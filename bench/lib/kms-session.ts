@@ -44,8 +44,7 @@ export class KmsSession {
   /** Reads /.well-known/kms; the static key must be EC (ECDH-ES+A256KW / ES256). */
   static async connect(url: string, token: string, clientId = "keyward-bench"): Promise<KmsSession> {
     const wk = (await (await fetch(`${url}/.well-known/kms`)).json()) as { jwk: JWK };
-    const post = async (body: string) =>
-      (await fetch(`${url}${MESSAGES_PATH}`, { method: "POST", headers: { "content-type": JOSE_TYPE }, body })).text();
+    const post = async (body: string) => (await postRetrying429(`${url}${MESSAGES_PATH}`, body)).text();
     return KmsSession.over(post, wk.jwk, token, clientId);
   }
 
@@ -93,6 +92,22 @@ export class KmsSession {
     const reply = openReply(ch, await this.post(seal(ch, this.payload(method, uri, fields))));
     if (reply.status < 200 || reply.status > 299) throw new Error(`${method} ${uri}: ${reply.status} ${reply.reason ?? ""}`);
     return reply;
+  }
+}
+
+/**
+ * POSTs one KMS message for setup work (not hot loops), retrying while the KMS sheds it with HTTP 429
+ * (a KMS just started on a loaded machine sheds on event-loop lag): up to `tries` times, 250 ms apart.
+ *
+ * @example
+ * const reply = await (await postRetrying429(`${url}/kms/messages`, jwe)).text();
+ */
+export async function postRetrying429(url: string, body: string, tries = 40): Promise<Response> {
+  for (let i = 1; ; i++) {
+    const res = await fetch(url, { method: "POST", headers: { "content-type": JOSE_TYPE }, body });
+    if (res.status !== 429 || i >= tries) return res;
+    await res.arrayBuffer();
+    await new Promise((r) => setTimeout(r, 250));
   }
 }
 

@@ -11,7 +11,8 @@ export interface SimpleResponse {
 export interface PostClient {
   /** POST on connection `slot` (0 <= slot < connections). One request in flight per slot. */
   post(slot: number, body: string): Promise<SimpleResponse>;
-  close(): void;
+  /** Closes the connections (the WebSocket and XMPP clients of `transports.ts` may take a moment: await it). */
+  close(): void | Promise<void>;
 }
 
 const HEADER_END = Buffer.from("\r\n\r\n");

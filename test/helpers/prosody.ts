@@ -44,6 +44,8 @@ export interface ProsodyServer {
   readonly dir: string;
   /** Prosody's log so far (for failure messages). */
   log(): string;
+  /** The PID of the running Prosody process (undefined while suspended), e.g. to pin it to a core. */
+  pid(): number | undefined;
   /** Stops the Prosody process but keeps its directory and ports, so that {@link resume} can start it again. */
   suspend(): Promise<void>;
   /** Starts Prosody again after {@link suspend}, on the same ports; resolves once they accept connections. */
@@ -285,6 +287,7 @@ export async function startProsody(opts: ProsodyOptions = {}): Promise<ProsodySe
     components,
     dir,
     log,
+    pid: () => child?.pid,
     suspend: halt,
     resume: async () => {
       if (child) return;
