@@ -8,134 +8,40 @@
  * No Chromium (KEYWARD_CHROMIUM, default /usr/bin/chromium): skipped with a line saying so,
  * except under CI=true, where that is a failure.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer, type IncomingMessage, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import type { IncomingMessage } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { buildBrowserBundle } from "../../scripts/build-browser-sdk.js";
+import { announceBrowserSkip, browserSuitesRun, launchChromium, load, pageFiles, servePage, type PageWindow } from "../helpers/browser.js";
 import { startTestKms, type TestKms } from "../helpers/harness.js";
 import { createCa } from "../helpers/test-pki.js";
 
-const CHROMIUM = process.env.KEYWARD_CHROMIUM ?? "/usr/bin/chromium";
-const haveChromium = existsSync(CHROMIUM);
 const ALICE = "alice@example.com";
 const BOB = "bob@example.com";
 
-if (!haveChromium && process.env.CI !== "true") {
-  console.warn(`test/browser/sdk.browser.test.ts: SKIPPED: no Chromium at ${CHROMIUM} (set KEYWARD_CHROMIUM; under CI=true this fails)`);
-}
+announceBrowserSkip("test/browser/sdk.browser.test.ts");
 
-/**
- * The page's own module: the SDK on `window.K` and small helpers on `window.kw` (a client per
- * transport, IndexedDB get/put, errors as plain objects for page.evaluate to return).
- */
-const APP_JS = `
-import * as K from "./keyward.js";
-const { kmsUrl, caPem } = window.__kw;
-const transports = [];
-function idb() {
-  return new Promise((resolve, reject) => {
-    const open = indexedDB.open("keyward-test", 1);
-    open.onupgradeneeded = () => open.result.createObjectStore("devices");
-    open.onsuccess = () => resolve(open.result);
-    open.onerror = () => reject(open.error);
-  });
-}
-async function tx(mode, fn) {
-  const db = await idb();
-  try {
-    return await new Promise((resolve, reject) => {
-      const t = db.transaction("devices", mode);
-      const req = fn(t.objectStore("devices"));
-      t.oncomplete = () => resolve(req.result);
-      t.onerror = () => reject(t.error);
-    });
-  } finally {
-    db.close();
-  }
-}
-window.K = K;
-window.kw = {
-  client(user, transport, opts = {}) {
-    const t = transport === "ws" ? new K.WebSocketTransport({ url: kmsUrl }) : new K.HttpTransport(kmsUrl);
-    transports.push(t);
-    return new K.KmsClient({ transport: t, user, token: () => window.kmsToken(user), trustRoots: [caPem], ...opts });
-  },
-  closeAll() {
-    for (const t of transports.splice(0)) if (typeof t.close === "function") t.close();
-  },
-  idbPut: (key, value) => tx("readwrite", (s) => s.put(value, key)),
-  idbGet: (key) => tx("readonly", (s) => s.get(key)),
-  err(e) {
-    return {
-      name: e?.name, message: e?.message, code: e?.code, status: e?.status, reason: e?.reason,
-      isIdentityError: e instanceof K.KmsIdentityError, isRequestError: e instanceof K.KmsRequestError,
-    };
-  },
-};
-window.kwReady = true;
-`;
-
-const INDEX_HTML = `<!doctype html><meta charset="utf-8"><title>keyward in a browser</title><script type="module" src="./app.js"></script>`;
-
-/** What the page's helpers look like to the functions page.evaluate runs (typed for tsc only). */
-interface PageErr {
-  name?: string;
-  message?: string;
-  code?: string;
-  status?: number;
-  reason?: string;
-  isIdentityError: boolean;
-  isRequestError: boolean;
-}
-type SdkModule = typeof import("../../src/client/index.js");
-interface PageWindow {
-  K: SdkModule;
-  kw: {
-    client(user: string, transport: string, opts?: { trustRoots?: string[] }): InstanceType<SdkModule["KmsClient"]>;
-    closeAll(): void;
-    idbPut(key: string, value: unknown): Promise<void>;
-    idbGet(key: string): Promise<unknown>;
-    err(e: unknown): PageErr;
-  };
-}
-
-describe.skipIf(!haveChromium && process.env.CI !== "true")("the SDK in headless Chromium (bundle, cross-origin page)", () => {
+describe.skipIf(!browserSuitesRun)("the SDK in headless Chromium (bundle, cross-origin page)", () => {
   let kms: TestKms;
   let browser: Browser;
   let page: Page;
-  let pageServer: Server;
+  let pageServer: Awaited<ReturnType<typeof servePage>>;
   let pageOrigin: string;
   let otherCaPem: string;
   const dir = mkdtempSync(join(tmpdir(), "keyward-browser-"));
   const pageErrors: string[] = [];
 
   beforeAll(async () => {
-    if (!haveChromium) throw new Error(`no Chromium at ${CHROMIUM}: the browser tests cannot run (CI=true)`);
+    browser = await launchChromium();
     const bundle = await buildBrowserBundle({ outFile: join(dir, "keyward.js") });
     kms = await startTestKms();
     otherCaPem = (await createCa({ name: "Not The KMS Root" })).pem;
-    const files: Record<string, [string, string | Buffer]> = {
-      "/": ["text/html", INDEX_HTML],
-      "/app.js": ["text/javascript", APP_JS],
-      "/keyward.js": ["text/javascript", readFileSync(bundle.file)],
-    };
-    pageServer = createServer((req, res) => {
-      const file = files[new URL(req.url ?? "/", "http://x").pathname];
-      if (!file) return res.writeHead(404).end();
-      res.writeHead(200, { "content-type": file[0], "cache-control": "no-store" }).end(file[1]);
-    });
-    await new Promise<void>((resolve) => pageServer.listen(0, "127.0.0.1", resolve));
-    pageOrigin = `http://127.0.0.1:${(pageServer.address() as AddressInfo).port}`;
+    pageServer = await servePage(pageFiles(readFileSync(bundle.file)));
+    pageOrigin = pageServer.origin;
     expect(new URL(pageOrigin).origin).not.toBe(new URL(kms.url).origin);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-    });
     page = await browser.newPage();
     page.on("pageerror", (e) => pageErrors.push(e.message));
     await page.exposeFunction("kmsToken", (user: string) => kms.token(user));
@@ -146,7 +52,7 @@ describe.skipIf(!haveChromium && process.env.CI !== "true")("the SDK in headless
   afterAll(async () => {
     await page?.evaluate(() => (window as unknown as PageWindow).kw.closeAll()).catch(() => undefined);
     await browser?.close();
-    await new Promise((resolve) => (pageServer ? pageServer.close(resolve) : resolve(undefined)));
+    await pageServer?.close();
     await kms?.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -338,9 +244,3 @@ describe.skipIf(!haveChromium && process.env.CI !== "true")("the SDK in headless
     expect(pageErrors).toEqual([]);
   });
 });
-
-/** Loads (or reloads) the page and waits until its module has put the SDK on window. */
-async function load(page: Page, origin: string): Promise<void> {
-  await page.goto(`${origin}/`);
-  await page.waitForFunction(() => (window as unknown as { kwReady?: boolean }).kwReady === true, undefined, { timeout: 20_000 });
-}
