@@ -186,7 +186,7 @@ describe.skipIf(!browserSuitesRun)("the SDK in headless Chromium (bundle, cross-
         expect(after.noJwk).toMatch(/non-extractable/);
       });
 
-      it("groups (create, add, remove, verify) and GKs (encrypt, decrypt) with the reloaded key; a removed member's GK get is a 403 with its reason", async () => {
+      it("groups (create, add, remove, verify) and GKs (encrypt, decrypt; EC and RSA devices) with the reloaded key; a removed member's GK get is a 403 with its reason", async () => {
         const r = await page.evaluate(
           async ({ transport, alice, bob }) => {
             const { K, kw } = window as unknown as PageWindow;
@@ -197,7 +197,8 @@ describe.skipIf(!browserSuitesRun)("the SDK in headless Chromium (bundle, cross-
             await aliceGroups.registerDevice();
             const aliceGks = new K.GroupKeys(aliceClient, { user: alice, device: aliceDevice, chains: aliceGroups });
 
-            const bobDevice = await K.DeviceKey.generate({ kid: `bob-browser-${transport}`, extractable: false });
+            // Bob's key is RSA: his GKs unwrap with RSA-OAEP-256 in the browser, Alice's with ECDH-ES+A256KW.
+            const bobDevice = await K.DeviceKey.generate({ type: "rsa", kid: `bob-browser-${transport}`, extractable: false });
             const bobClient = kw.client(bob, transport);
             await new K.Groups(bobClient, { user: bob, device: bobDevice }).registerDevice();
             const bobGks = () => new K.GroupKeys(bobClient, { user: bob, device: bobDevice });

@@ -61,6 +61,7 @@ describe("DeviceKey held as non-extractable CryptoKeys (isomorphic: Node here, C
       false,
       ["sign", "verify"],
     )) as CryptoKeyPair;
+    const sealedPublic = await subtle.importKey("jwk", await exportJWK(a.publicKey), { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
     const cases: [string, DeviceCryptoKeyPair, RegExp][] = [
       ["no kid", { ...a, kid: undefined as unknown as string }, /needs a 'kid'/],
       ["empty kid", { ...a, kid: "" }, /1\.\.256/],
@@ -71,6 +72,7 @@ describe("DeviceKey held as non-extractable CryptoKeys (isomorphic: Node here, C
       ["RSASSA-PKCS1-v1_5", { kid: "x", ...pkcs1 }, /ECDSA P-256 or RSA-PSS/],
       ["halves of two pairs", { ...a, privateKey: b.privateKey }, /not one key pair/],
       ["algorithms differ", { ...a, privateKey: pkcs1.privateKey }, /does not match/],
+      ["a public key that does not export", { ...a, publicKey: sealedPublic }, /does not export as a JWK/],
       ["foreign unwrapping key", { ...a, unwrappingKey: b.unwrappingKey! }, /not the private key of 'publicKey'/],
       ["signing key as unwrapping key", { ...a, unwrappingKey: a.privateKey }, /ECDH P-256 with usage 'deriveBits'/],
     ];
