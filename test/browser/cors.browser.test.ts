@@ -23,12 +23,14 @@ describe.skipIf(!browserSuitesRun)("corsOrigins from a browser: the allowed page
   const servers: Awaited<ReturnType<typeof servePage>>[] = [];
   const pages: Record<"allowed" | "refused", Page> = {} as never;
   const origins: Record<"allowed" | "refused", string> = {} as never;
-  const dir = mkdtempSync(join(tmpdir(), "keyward-browser-cors-"));
+  // Made in beforeAll: a skipped suite runs no afterAll, so it must leave nothing behind.
+  let dir = "";
   const seen: { method: string; url: string; origin?: string }[] = [];
   const onRequest = (req: IncomingMessage) => seen.push({ method: req.method ?? "", url: req.url ?? "", ...(req.headers.origin ? { origin: req.headers.origin } : {}) });
 
   beforeAll(async () => {
     browser = await launchChromium();
+    dir = mkdtempSync(join(tmpdir(), "keyward-browser-cors-"));
     const bundle = readFileSync((await buildBrowserBundle({ outFile: join(dir, "keyward.js") })).file);
     for (const which of ["allowed", "refused"] as const) {
       const server = await servePage(pageFiles(bundle));
@@ -52,7 +54,7 @@ describe.skipIf(!browserSuitesRun)("corsOrigins from a browser: the allowed page
     await browser?.close();
     for (const s of servers) await s.close();
     await kms?.close();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   it("the allowed origin pings over HTTP and over WebSocket", async () => {

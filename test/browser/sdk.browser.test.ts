@@ -31,11 +31,13 @@ describe.skipIf(!browserSuitesRun)("the SDK in headless Chromium (bundle, cross-
   let pageServer: Awaited<ReturnType<typeof servePage>>;
   let pageOrigin: string;
   let otherCaPem: string;
-  const dir = mkdtempSync(join(tmpdir(), "keyward-browser-"));
+  // Made in beforeAll: a skipped suite runs no afterAll, so it must leave nothing behind.
+  let dir = "";
   const pageErrors: string[] = [];
 
   beforeAll(async () => {
     browser = await launchChromium();
+    dir = mkdtempSync(join(tmpdir(), "keyward-browser-"));
     const bundle = await buildBrowserBundle({ outFile: join(dir, "keyward.js") });
     kms = await startTestKms();
     otherCaPem = (await createCa({ name: "Not The KMS Root" })).pem;
@@ -54,7 +56,7 @@ describe.skipIf(!browserSuitesRun)("the SDK in headless Chromium (bundle, cross-
     await browser?.close();
     await pageServer?.close();
     await kms?.close();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   it("the page is a secure context on another origin than the KMS, with WebCrypto and IndexedDB", async () => {
