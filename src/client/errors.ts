@@ -33,7 +33,8 @@ export class KmsProtocolError extends Error {
  * in flight, no reply came within the timeout, or the transport itself refused. Nothing is known
  * of whether the KMS ran the request; the channel itself stays usable.
  *
- * Codes: `ERR_TRANSPORT` (an unusable transport answer, e.g. an HTTP status other than 200/400),
+ * Codes: `ERR_TRANSPORT` (an unusable transport answer, e.g. an HTTP status other than 200/400; or
+ * the KMS could not be reached, which in a browser includes a cross-origin request it refused),
  * `ERR_TRANSPORT_CLOSED`, `ERR_TRANSPORT_TIMEOUT`.
  *
  * @example

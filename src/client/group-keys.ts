@@ -3,12 +3,15 @@ import { CONTENT_ENCRYPTION } from "../protocol/constants.js";
 import { KmsProtocolError } from "./errors.js";
 import type { KmsClient } from "./kms-client.js";
 import { isCanonicalBase64url } from "../protocol/jose/canonical-base64url.js";
+import type { DeviceUnwrapAlgorithm } from "./device-key.js";
 
-/** What GroupKeys needs of a device key: its kid and its private JWK (to unwrap GKs). */
-export interface DeviceKeyLike {
-  readonly kid: string;
-  readonly privateJwk: JWK;
-}
+/**
+ * What GroupKeys needs of a device key: its kid, and a way to unwrap GKs: `unwrappingKey(alg)`
+ * (a DeviceKey has it; used when present, so a non-extractable key works) or its private JWK.
+ */
+export type DeviceKeyLike =
+  | { readonly kid: string; unwrappingKey(alg: DeviceUnwrapAlgorithm): Promise<CryptoKey> }
+  | { readonly kid: string; readonly privateJwk: JWK };
 
 /** A Group Key (§9) as the SDK holds it after verifying and unwrapping it. */
 export interface GroupKey {
@@ -161,10 +164,21 @@ export class GroupKeys {
     if (!["ECDH-ES+A256KW", "RSA-OAEP", "RSA-OAEP-256"].includes(alg)) {
       throw new KmsProtocolError("ERR_GK_ALG", `unexpected key wrapping algorithm '${alg}'`);
     }
-    const { kid: _k, alg: _a, key_ops: _o, use: _u, ...jwk } = this.opts.device.privateJwk;
+    const device = this.opts.device;
+    let unwrapping: CryptoKey | Uint8Array;
+    try {
+      if ("unwrappingKey" in device && typeof device.unwrappingKey === "function") {
+        unwrapping = await device.unwrappingKey(alg as DeviceUnwrapAlgorithm);
+      } else {
+        const { kid: _k, alg: _a, key_ops: _o, use: _u, ...jwk } = (device as { privateJwk: JWK }).privateJwk;
+        unwrapping = await importJWK(jwk, alg);
+      }
+    } catch (e) {
+      throw new KmsProtocolError("ERR_GK_UNWRAP", `this device's key cannot unwrap '${alg}': ${e instanceof Error ? e.message : String(e)}`);
+    }
     let plaintext: Uint8Array;
     try {
-      ({ plaintext } = await generalDecrypt({ ...jwe, recipients: mine }, await importJWK(jwk, alg), {
+      ({ plaintext } = await generalDecrypt({ ...jwe, recipients: mine }, unwrapping, {
         keyManagementAlgorithms: [alg],
         contentEncryptionAlgorithms: [CONTENT_ENCRYPTION],
       }));

@@ -21,7 +21,14 @@ export {
   type XmppJsElementLike,
   type XmppJsXml,
 } from "./xmpp-transport.js";
-export { DeviceKey, type DeviceKeyType, type DeviceKeyAlgorithm, type KeyedJwk } from "./device-key.js";
+export {
+  DeviceKey,
+  type DeviceKeyType,
+  type DeviceKeyAlgorithm,
+  type DeviceCryptoKeyPair,
+  type DeviceUnwrapAlgorithm,
+  type KeyedJwk,
+} from "./device-key.js";
 export { GroupKeys, type GroupKey, type DeviceKeyLike } from "./group-keys.js";
 export {
   Groups,

@@ -1,5 +1,5 @@
 import { JOSE_CONTENT_TYPE, MESSAGES_PATH, WELL_KNOWN_KMS_PATH } from "../protocol/constants.js";
-import { KmsProtocolError } from "./errors.js";
+import { KmsProtocolError, KmsTransportError } from "./errors.js";
 
 /** How the SDK reaches a KMS: one compact JOSE string out, one back. HTTP here; WebSocket later. */
 export interface KmsTransport {
@@ -22,7 +22,7 @@ export class HttpTransport implements KmsTransport {
   }
 
   async send(message: string): Promise<string> {
-    const res = await this.fetchImpl(this.origin + MESSAGES_PATH, {
+    const res = await this.fetch(this.origin + MESSAGES_PATH, {
       method: "POST",
       headers: { "content-type": JOSE_CONTENT_TYPE },
       body: message,
@@ -36,8 +36,25 @@ export class HttpTransport implements KmsTransport {
   }
 
   async discover(): Promise<unknown> {
-    const res = await this.fetchImpl(this.origin + WELL_KNOWN_KMS_PATH);
+    const res = await this.fetch(this.origin + WELL_KNOWN_KMS_PATH);
     if (res.status !== 200) throw new KmsProtocolError("ERR_DISCOVERY", `${WELL_KNOWN_KMS_PATH} answered HTTP ${res.status}`);
     return res.json();
+  }
+
+  /**
+   * fetch, with a rejection (no connection, or a cross-origin request the browser blocked: it
+   * gives the page only a bare "Failed to fetch") as KmsTransportError `ERR_TRANSPORT`, like the
+   * other transports' failures to reach the KMS, rather than a bare TypeError.
+   */
+  private async fetch(url: string, init?: RequestInit): Promise<Response> {
+    try {
+      return await this.fetchImpl(url, init);
+    } catch (e) {
+      const why = e instanceof Error ? e.message : String(e);
+      throw new KmsTransportError(
+        "ERR_TRANSPORT",
+        `could not reach the KMS at ${url}: ${why} (in a browser this is also how a cross-origin request the KMS does not allow fails: is the page's origin in the KMS's corsOrigins?)`,
+      );
+    }
   }
 }
