@@ -291,11 +291,12 @@ export async function restoreDataDir(opts: RestoreOptions): Promise<RestoreResul
         chmodSync(target, modeFor(f.path));
         offset += f.size;
       }
-      const masterKey = manifest.masterKeyIncluded ? "archive" : env.KEYWARD_MASTER_KEY ? "env" : undefined;
       const config = dataDirConfig(work, env);
+      // As serve will choose: KEYWARD_MASTER_KEY wins over the file.
+      const masterKey = config.masterKeyFromEnv !== undefined ? "env" : manifest.masterKeyIncluded ? "archive" : undefined;
       if (masterKey !== undefined) {
         // The key at hand must open the restored static key: a wrong one is found now, not at serve.
-        const key = masterKey === "env" ? parseMasterKey(env.KEYWARD_MASTER_KEY!) : parseMasterKey(readFileSync(join(work, DATA_FILES.masterKey), "utf8"));
+        const key = parseMasterKey(masterKey === "env" ? config.masterKeyFromEnv! : readFileSync(join(work, DATA_FILES.masterKey), "utf8"));
         await loadStaticKey(config, key);
       }
       if (existsSync(dir)) rmdirSync(dir); // empty, checked above

@@ -237,11 +237,16 @@ describe("keyward backup / restore of a KMS under a write load", () => {
     expect(readFileSync(join(dir, "something"), "utf8")).toBe("keep me");
   });
 
-  it("refuses a master key that does not open the restored static key, leaving nothing", async () => {
+  it("refuses a KEYWARD_MASTER_KEY that does not open the restored static key, leaving nothing; accepts the right one", async () => {
     const dir = join(root, "wrong-key");
     const wrong = Buffer.alloc(32, 7).toString("base64url");
     await expect(restoreDataDir({ archive, dir, env: { KEYWARD_MASTER_KEY: wrong } })).rejects.toThrow(/master key does not open/);
     expect(existsSync(dir)).toBe(false);
+    expect(readdirSync(root).filter((n) => n.includes("restore-"))).toEqual([]);
+    // The right one, from the environment, is checked and accepted.
+    const ok = await restoreDataDir({ archive, dir, env: { KEYWARD_MASTER_KEY: masterKeyText } });
+    expect(ok.masterKey).toBe("env");
+    expect(existsSync(join(dir, "master.key"))).toBe(false);
   });
 
   it("with --include-master-key: a loud warning, the key in the archive, and a restore that needs nothing else", async () => {
