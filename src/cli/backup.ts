@@ -76,7 +76,7 @@ export interface BackupResult {
   readonly out: string;
   readonly bytes: number;
   readonly manifest: BackupManifest;
-  /** Files of the data dir not archived (not regular files), relative paths. */
+  /** Files of the data dir not archived (not regular files, or names outside ARCHIVE_PATH), relative paths. */
   readonly skipped: string[];
   readonly milliseconds: number;
 }
@@ -128,6 +128,8 @@ export async function backupDataDir(opts: BackupOptions): Promise<BackupResult> 
 
   const work = mkdtempSync(join(dirname(out), `.${basename(out)}.tmp-`));
   chmodSync(work, 0o700);
+  // The output may be inside the data dir: neither it nor its temp dir goes into the archive.
+  const workName = insideDir(work);
   try {
     // 1. The store: SQLite's online backup, into a private temp file next to the output.
     const dbCopy = join(work, "store.db");
@@ -157,9 +159,9 @@ export async function backupDataDir(opts: BackupOptions): Promise<BackupResult> 
     const sources: { path: string; from: string }[] = [{ path: storeName, from: dbCopy }];
     const skipped: string[] = [];
     for (const rel of walk(dir)) {
-      if (excluded.has(rel) || rel === outName || (outName !== undefined && rel.startsWith(`.${outName}.tmp-`))) continue;
+      if (excluded.has(rel) || rel === outName || (workName !== undefined && rel.startsWith(`${workName}/`))) continue;
       const full = join(dir, ...rel.split("/"));
-      if (!lstatSync(full).isFile() || !ARCHIVE_PATH.test(rel)) {
+      if (!lstatSync(full).isFile() || !ARCHIVE_PATH.test(rel) || isArchive(full)) {
         skipped.push(rel);
         continue;
       }
@@ -358,6 +360,17 @@ function walk(dir: string, prefix = ""): string[] {
   return found;
 }
 
+/** Whether a file is a backup archive itself (one kept in the data dir is not archived again). */
+function isArchive(path: string): boolean {
+  const fd = openSync(path, "r");
+  try {
+    const head = Buffer.alloc(BACKUP_MAGIC.length + 1);
+    return readSync(fd, head, 0, head.length, 0) === head.length && head.toString("latin1") === `${BACKUP_MAGIC}\n`;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Refuses when a file to archive holds the master key (raw, hex, base64, base64url): a stray copy of it. */
 function refuseMasterKeyCopies(masterKeyText: string, files: readonly { path: string; from: string }[]): void {
   let raw: Buffer;
@@ -446,7 +459,7 @@ export function registerBackupCommands(program: Command): void {
           ? "  the master key IS in this archive: protect it like the master key itself"
           : "  the master key is NOT in this archive: keep master.key (or KEYWARD_MASTER_KEY) backed up apart; without it the archive opens nothing",
       );
-      for (const s of r.skipped) console.log(`  skipped ${s} (not a regular file)`);
+      for (const s of r.skipped) console.log(`  skipped ${s} (not a regular file, a name the archive does not take such as a dot file, or an older backup archive)`);
     });
 
   program

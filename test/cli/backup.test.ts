@@ -283,6 +283,21 @@ describe("keyward backup / restore of a KMS under a write load", () => {
     }
   });
 
+  it("an archive written inside the data dir is not archived again, nor its temp files", async () => {
+    const inside = join(data.dataDir, "backups");
+    mkdirSync(inside, { mode: 0o700 });
+    try {
+      const first = await backupDataDir({ dir: data.dataDir, out: join(inside, "first.kwb"), env: {} });
+      const second = await backupDataDir({ dir: data.dataDir, out: join(inside, "second.kwb"), env: {} });
+      expect(first.manifest.files.map((f) => f.path)).not.toContain("backups/first.kwb");
+      expect(second.manifest.files.map((f) => f.path).filter((p) => p.startsWith("backups/"))).toEqual([]);
+      expect(second.skipped).toEqual(["backups/first.kwb"]);
+      expect(readdirSync(inside).sort()).toEqual(["first.kwb", "second.kwb"]);
+    } finally {
+      rmSync(inside, { recursive: true, force: true });
+    }
+  });
+
   it("refuses a PostgreSQL store and points at pg_dump", async () => {
     const out = join(root, "pg.kwb");
     const r = await runCli(["backup", "--dir", data.dataDir, "--out", out], { env: { KEYWARD_STORE_URL: "postgres://127.0.0.1:5432/test" } });
