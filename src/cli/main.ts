@@ -11,6 +11,7 @@ import { connectionOptions, openKmsClient, registerGroupCommands, type Connectio
 import { registerCryptCommands } from "./crypt.js";
 import { registerMigrateCommand } from "./migrate.js";
 import { registerRotateStaticKeyCommand } from "./rotate-static-key.js";
+import { registerBackupCommands } from "./backup.js";
 
 /** The `keyward` command line. Each command is a thin shell over a library function. */
 const program = new Command("keyward").description("Keyward: a key management service for end-to-end encrypted groups").showHelpAfterError();
@@ -115,6 +116,7 @@ registerGroupCommands(program);
 registerCryptCommands(program);
 registerMigrateCommand(program);
 registerRotateStaticKeyCommand(program);
+registerBackupCommands(program);
 
 /**
  * `keyward serve` in production: without `publicUrl`, the absolute URLs the KMS writes (the
