@@ -3,9 +3,9 @@ import { CompactSign, exportJWK, generateKeyPair } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildAppendedPayload } from "../../src/primitives/gmbc/sign-block.js";
 import { generateEphemeralKeyPair } from "../../src/protocol/jose/ephemeral-key.js";
-import { post, RawClient, startTestKms, type TestKms } from "../helpers/harness.js";
+import { post, RawClient, type TestKms } from "../helpers/harness.js";
 import { add, createGroup, Party, type Chain } from "../helpers/gk-fixtures.js";
-import { displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
+import { displayUrl, postgresAvailable } from "../helpers/postgres.js";
 import {
   closeSnapshotClients,
   DELETE,
@@ -21,6 +21,7 @@ import {
   storeSnapshot,
   withField,
   type OpenedReply,
+  startTestKmsOn,
 } from "../helpers/fuzz-support.js";
 
 /**
@@ -121,15 +122,7 @@ suite(`fuzz: every operation's fields (§4-§9), ${storeKind} store: no 500, the
   const credentials = new Map<RawClient, unknown>();
 
   beforeAll(async () => {
-    if (storeKind === "postgres") {
-      const fresh = freshSchema();
-      dropSchema = fresh.dropSchema;
-      const url = new URL(TEST_POSTGRES_URL);
-      url.searchParams.set("schema", fresh.schema);
-      kms = await startTestKms({ env: { KEYWARD_STORE_URL: url.toString() } });
-    } else {
-      kms = await startTestKms();
-    }
+    ({ kms, dropSchema } = await startTestKmsOn(storeKind));
     opener = await ReplyOpener.for(kms);
     alice = await Party.open(kms, ALICE, ["ec"]);
     bob = await Party.open(kms, BOB, ["ec"]);

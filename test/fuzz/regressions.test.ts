@@ -3,8 +3,8 @@ import { decryptCommonMessage, encryptCommonMessage } from "../../src/protocol/j
 import { openJws, post, RawClient, startTestKms, type TestKms } from "../helpers/harness.js";
 import { createGroup, makeDeviceKey, Party } from "../helpers/gk-fixtures.js";
 import { rawHttp } from "../helpers/fuzz-http.js";
-import { closeSnapshotClients, sealText, snapshotDiff, storeSnapshot } from "../helpers/fuzz-support.js";
-import { displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
+import { closeSnapshotClients, sealText, snapshotDiff, startTestKmsOn, storeSnapshot } from "../helpers/fuzz-support.js";
+import { displayUrl, postgresAvailable } from "../helpers/postgres.js";
 
 /**
  * The minimal counterexamples the fuzzers in this folder found, each as a plain test, so that
@@ -55,15 +55,7 @@ for (const storeKind of ["sqlite", "postgres"] as const) {
     let chainUri: string;
     let dropSchema: (() => Promise<void>) | undefined;
     beforeAll(async () => {
-      if (storeKind === "postgres") {
-        const fresh = freshSchema();
-        dropSchema = fresh.dropSchema;
-        const url = new URL(TEST_POSTGRES_URL);
-        url.searchParams.set("schema", fresh.schema);
-        kms = await startTestKms({ env: { KEYWARD_STORE_URL: url.toString() } });
-      } else {
-        kms = await startTestKms();
-      }
+      ({ kms, dropSchema } = await startTestKmsOn(storeKind));
       alice = await Party.open(kms, "alice@example.com", ["ec"]);
       chainUri = (await createGroup(alice, ["alice@example.com"])).uri;
     }, 60_000);

@@ -4,7 +4,8 @@ import fc from "fast-check";
 import { base64url, CompactEncrypt, compactVerify, importJWK, type JWK } from "jose";
 import { expect } from "vitest";
 import { decryptCommonMessage } from "../../src/protocol/jose/common-message.js";
-import { staticJwk, type TestKms } from "./harness.js";
+import { startTestKms, staticJwk, type TestKms } from "./harness.js";
+import { freshSchema, TEST_POSTGRES_URL } from "./postgres.js";
 
 /**
  * Shared pieces of the property-based fuzzers in test/fuzz/: run counts, hostile JSON values,
@@ -331,4 +332,19 @@ export function snapshotDiff(before: string, after: string): string[] {
   const a = JSON.parse(before) as Record<string, string[]>;
   const b = JSON.parse(after) as Record<string, string[]>;
   return Object.keys({ ...a, ...b }).filter((t) => JSON.stringify(a[t]) !== JSON.stringify(b[t]));
+}
+
+/**
+ * A test KMS on the given store: SQLite in its temp data dir, or PostgreSQL in a fresh schema of
+ * the test server (`dropSchema` removes it; undefined for SQLite).
+ *
+ * @example
+ * const { kms, dropSchema } = await startTestKmsOn("postgres");
+ */
+export async function startTestKmsOn(storeKind: "sqlite" | "postgres"): Promise<{ kms: TestKms; dropSchema?: () => Promise<void> }> {
+  if (storeKind === "sqlite") return { kms: await startTestKms() };
+  const fresh = freshSchema();
+  const url = new URL(TEST_POSTGRES_URL);
+  url.searchParams.set("schema", fresh.schema);
+  return { kms: await startTestKms({ env: { KEYWARD_STORE_URL: url.toString() } }), dropSchema: fresh.dropSchema };
 }
