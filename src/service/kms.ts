@@ -73,12 +73,16 @@ export class Kms {
   private lag?: EventLoopLag;
   private ws?: WsBinding;
   private readonly links: KmsLink[] = [];
+  /** One origin policy for both bindings (CORS on HTTP, the Origin check on WebSocket upgrades). */
+  private readonly cors: CorsPolicy;
 
   private constructor(
     readonly core: KmsCore,
     private readonly options: KmsOptions,
     readonly registry: Registry,
-  ) {}
+  ) {
+    this.cors = new CorsPolicy(options.settings.corsOrigins ?? "*");
+  }
 
   static async create(options: KmsOptions): Promise<Kms> {
     await options.store.migrate();
@@ -143,7 +147,7 @@ export class Kms {
       maxInFlight: settings.maxInFlight ?? 4096,
       bodyReadTimeoutMs: this.bodyReadTimeoutMs(),
       ...(overloaded ? { overloaded } : {}),
-      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
+      cors: this.cors,
       extraRoutes: discoveryRoutes({ store, domain: settings.domain, authority: settings.authority, ...(settings.publicUrl ? { publicUrl: settings.publicUrl } : {}) }),
     });
   }
@@ -174,7 +178,7 @@ export class Kms {
     const overloaded = this.overloadSignal();
     this.ws ??= new WsBinding({
       handle: (m) => this.core.handle(m),
-      cors: new CorsPolicy(settings.corsOrigins ?? "*"),
+      cors: this.cors,
       maxMessageBytes: settings.maxMessageBytes,
       ...(overloaded ? { overloaded } : {}),
       registry: this.registry,
