@@ -143,4 +143,31 @@ export const postgresMigrations: readonly { version: number; name: string; sql: 
       $$;
     `,
   },
+  {
+    // §13: the audit log (same shape as SQLite's version 5). Appends are serialized by the one-row
+    // head: each audited transaction locks it (SELECT ... FOR UPDATE) after its own change, reads
+    // the last seq and hash, inserts the next record and moves the head, then commits; a concurrent
+    // writer waits on the head row, so the chain stays linear across connections and nodes.
+    version: 5,
+    name: "audit log",
+    sql: `
+      CREATE TABLE audit_log (
+        seq BIGINT PRIMARY KEY,
+        time_ms BIGINT NOT NULL,
+        operation TEXT NOT NULL,
+        actor TEXT COLLATE "C",
+        entity TEXT COLLATE "C",
+        object TEXT COLLATE "C",
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+      );
+      CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq BIGINT NOT NULL,
+        hash TEXT NOT NULL
+      );
+      INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '${"0".repeat(64)}');
+    `,
+  },
 ];
