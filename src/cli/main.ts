@@ -10,6 +10,7 @@ import { serveWorkers } from "../service/cluster.js";
 import { connectionOptions, openKmsClient, registerGroupCommands, type ConnectionFlags } from "./group.js";
 import { registerCryptCommands } from "./crypt.js";
 import { registerMigrateCommand } from "./migrate.js";
+import { registerAuditCommands } from "./audit.js";
 import { registerRotateStaticKeyCommand } from "./rotate-static-key.js";
 
 /** The `keyward` command line. Each command is a thin shell over a library function. */
@@ -114,6 +115,7 @@ connectionOptions(program.command("ping").description("open a secure channel to 
 registerGroupCommands(program);
 registerCryptCommands(program);
 registerMigrateCommand(program);
+registerAuditCommands(program);
 registerRotateStaticKeyCommand(program);
 
 /**
