@@ -123,6 +123,23 @@ export function nextAuditRecord(head: { seq: number; hash: string }, event: Audi
   return { record: { ...body, prev: head.hash, hash: auditHash(head.hash, json) }, json };
 }
 
+/**
+ * The canonical JSON of `event`'s body around its sequence number, for a store that numbers and
+ * hashes the record itself (PostgreSQL, in one statement under the head lock):
+ * `canonicalJson(auditBody(seq, event)) === prefix + String(seq) + suffix` for every seq. The
+ * members are sorted and `seq` is neither first (`operation` sorts before it) nor last (`status`
+ * and `time` after), and no other member is named `seq`, so the split is unambiguous.
+ *
+ * @example
+ * const { prefix, suffix } = auditBodyAroundSeq(event); // '{"actor":...,"seq":' and ',"status":200,...}'
+ */
+export function auditBodyAroundSeq(event: AuditEvent): { prefix: string; suffix: string } {
+  const json = canonicalJson(auditBody(0, event));
+  const at = json.indexOf(',"seq":0,');
+  if (at < 0) throw new Error("audit body: no seq member");
+  return { prefix: json.slice(0, at + ',"seq":'.length), suffix: json.slice(at + ',"seq":0'.length) };
+}
+
 /** A stored record from its stored body JSON and hashes (what `auditRecords` returns). */
 export function auditRecordFromRow(json: string, prev: string, hash: string): AuditRecord {
   return { ...(JSON.parse(json) as AuditBody), prev, hash };

@@ -71,6 +71,14 @@ export function auditStoreContract(name: string, open: () => Promise<Store>, cle
       expect(await store.auditHead()).toEqual({ seq: 1, hash: r.hash });
     });
 
+    it("a record with non-ASCII text, quotes, backslashes and control characters stores and verifies", async () => {
+      const r = await store.appendAudit(makeAuditEvent({ actor: "zoë@exämple.com", decision: 'quote " backslash \\ newline \n tab \t \u0001 emoji 🔑 seq":0,' }));
+      const [stored] = await all();
+      expect(stored).toEqual(r);
+      expect(stored!.decision).toContain("🔑");
+      expect(verifyAuditChain(await all())).toMatchObject({ ok: true, count: 1 });
+    });
+
     it("every state change writes its record with it; a change that does not happen writes none", async () => {
       const ev = (operation: string) => makeAuditEvent({ operation, recipients: undefined, decision: undefined });
       const c = makeChannel();

@@ -145,9 +145,11 @@ export const postgresMigrations: readonly { version: number; name: string; sql: 
   },
   {
     // §13: the audit log (same shape as SQLite's version 5). Appends are serialized by the one-row
-    // head: each audited transaction locks it (SELECT ... FOR UPDATE) after its own change, reads
-    // the last seq and hash, inserts the next record and moves the head, then commits; a concurrent
-    // writer waits on the head row, so the chain stays linear across connections and nodes.
+    // head: keyward_append_audit locks it (SELECT ... FOR UPDATE), numbers the record, hashes it
+    // (SHA-256(prev || body), the body's canonical JSON built by the client around its seq: see
+    // auditBodyAroundSeq in src/store/audit.ts), inserts it and moves the head, in one round trip.
+    // An audited change calls it after its own statements, in the same transaction; a concurrent
+    // writer waits on the head row until that commits, so the chain stays linear across nodes.
     version: 5,
     name: "audit log",
     sql: `
@@ -168,6 +170,23 @@ export const postgresMigrations: readonly { version: number; name: string; sql: 
         hash TEXT NOT NULL
       );
       INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '${"0".repeat(64)}');
+      CREATE FUNCTION keyward_append_audit(p_time BIGINT, p_operation TEXT, p_actor TEXT, p_entity TEXT, p_object TEXT, p_prefix TEXT, p_suffix TEXT)
+      RETURNS TABLE (seq BIGINT, prev_hash TEXT, hash TEXT) LANGUAGE plpgsql VOLATILE AS $$
+      DECLARE
+        v_seq BIGINT;
+        v_prev TEXT;
+        v_body TEXT;
+        v_hash TEXT;
+      BEGIN
+        SELECT h.seq + 1, h.hash INTO v_seq, v_prev FROM audit_head h WHERE h.id = 1 FOR UPDATE;
+        v_body := p_prefix || v_seq::text || p_suffix;
+        v_hash := encode(sha256(convert_to(v_prev || v_body, 'UTF8')), 'hex');
+        INSERT INTO audit_log (seq, time_ms, operation, actor, entity, object, body, prev_hash, hash)
+          VALUES (v_seq, p_time, p_operation, p_actor, p_entity, p_object, v_body, v_prev, v_hash);
+        UPDATE audit_head SET seq = v_seq, hash = v_hash WHERE id = 1;
+        RETURN QUERY SELECT v_seq, v_prev, v_hash;
+      END
+      $$;
     `,
   },
 ];

@@ -14,7 +14,7 @@ import type {
   Store,
 } from "../store.js";
 import { StoreUnavailableError } from "../store.js";
-import { auditRecordFromRow, nextAuditRecord, type AuditEvent, type AuditRecord } from "../audit.js";
+import { auditBody, auditBodyAroundSeq, auditRecordFromRow, type AuditEvent, type AuditRecord } from "../audit.js";
 import { postgresMigrations } from "./migrations.js";
 
 export interface PostgresStoreOptions {
@@ -218,12 +218,8 @@ const SQL = {
   insertGk: "INSERT INTO gks (uri, requester, created_at, sealed_key, block_hash, chain_uri, block_position) VALUES ($1, $2, $3, $4, $5, $6, $7)",
   getGk: "SELECT * FROM gks WHERE uri = $1",
   bindGk: "UPDATE gks SET block_hash = $1, chain_uri = $2, block_position = $3 WHERE uri = $4 AND block_hash IS NULL",
-  // §13: the head row lock serializes audit appends (see migration 5).
-  lockAuditHead: "SELECT seq::text AS seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
-  insertAudit: `WITH ins AS (
-      INSERT INTO audit_log (seq, time_ms, operation, actor, entity, object, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    )
-    UPDATE audit_head SET seq = $1, hash = $9 WHERE id = 1`,
+  // §13: numbered, hashed and chained under the head row's lock (see migration 5).
+  appendAudit: "SELECT seq::text AS seq, prev_hash, hash FROM keyward_append_audit($1, $2, $3, $4, $5, $6, $7)",
   auditAfter: "SELECT body, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
   auditHead: "SELECT seq::text AS seq, hash FROM audit_head WHERE id = 1",
 } as const;
@@ -323,12 +319,18 @@ export class PostgresStore implements Store {
     });
   }
 
-  /** Appends `event` inside the caller's transaction, holding the head row until it commits. */
-  private async writeAudit(client: pg.PoolClient, event: AuditEvent): Promise<AuditRecord> {
-    const head = (await this.run<{ seq: string; hash: string }>("lockAuditHead", [], client)).rows[0]!;
-    const { record, json } = nextAuditRecord({ seq: Number(head.seq), hash: head.hash }, event);
-    await this.run("insertAudit", [record.seq, event.time.getTime(), record.operation, record.actor ?? null, record.entity ?? null, record.object ?? null, json, record.prev, record.hash], client);
-    return record;
+  /**
+   * Appends `event` (one statement): inside the caller's transaction when given a client, holding
+   * the head row until it commits; alone, the head is held only while the statement runs.
+   */
+  private async writeAudit(client: pg.PoolClient | undefined, event: AuditEvent): Promise<AuditRecord> {
+    const { prefix, suffix } = auditBodyAroundSeq(event);
+    const row = (await this.run<{ seq: string; prev_hash: string; hash: string }>(
+      "appendAudit",
+      [event.time.getTime(), event.operation, event.actor ?? null, event.entity ?? null, event.object ?? null, prefix, suffix],
+      client,
+    )).rows[0]!;
+    return { ...auditBody(Number(row.seq), event), prev: row.prev_hash, hash: row.hash };
   }
 
   /**
@@ -645,7 +647,7 @@ export class PostgresStore implements Store {
   }
 
   async appendAudit(event: AuditEvent): Promise<AuditRecord> {
-    return this.transaction((client) => this.writeAudit(client, event));
+    return this.writeAudit(undefined, event);
   }
 
   async auditRecords(opts: { after?: number; limit: number }): Promise<AuditRecord[]> {
