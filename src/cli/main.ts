@@ -10,6 +10,7 @@ import { serveWorkers } from "../service/cluster.js";
 import { connectionOptions, openKmsClient, registerGroupCommands, type ConnectionFlags } from "./group.js";
 import { registerCryptCommands } from "./crypt.js";
 import { registerMigrateCommand } from "./migrate.js";
+import { registerAuditCommands } from "./audit.js";
 import { registerRotateStaticKeyCommand } from "./rotate-static-key.js";
 import { registerBackupCommands } from "./backup.js";
 
@@ -115,6 +116,7 @@ connectionOptions(program.command("ping").description("open a secure channel to 
 registerGroupCommands(program);
 registerCryptCommands(program);
 registerMigrateCommand(program);
+registerAuditCommands(program);
 registerRotateStaticKeyCommand(program);
 registerBackupCommands(program);
 

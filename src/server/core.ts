@@ -23,6 +23,13 @@ function operationLabel(method: string, collection: string | undefined): string 
   return `${method} ${collection !== undefined && LABELLED_COLLECTIONS.has(collection) ? collection : "other"}`;
 }
 
+/** Who and what a refusal's audit record names (§13): as much as is known when it is refused. */
+interface RefusalSubject {
+  actor?: string;
+  entity?: string;
+  object?: string;
+}
+
 /** A reply to send on a live channel: a common message on that channel's key. */
 class ChannelReply extends Error {
   constructor(readonly error: KmsError, readonly requestId?: RequestId) {
@@ -105,6 +112,8 @@ export class KmsCore {
 
     let op = "channel";
     let counted = false;
+    // Filled in as the request is understood, for the audit record of a refusal.
+    const subject: RefusalSubject = { object: channel.uri };
     try {
       try {
         checkCommonHeaderRules(header);
@@ -118,7 +127,7 @@ export class KmsCore {
       try {
         plaintext = openCommonMessage(key, message);
       } catch {
-        return this.jwsError(unauthorized("the message does not decrypt with its ephemeral key", "ERR_DECRYPT"), undefined, op);
+        return this.jwsError(unauthorized("the message does not decrypt with its ephemeral key", "ERR_DECRYPT"), undefined, op, subject);
       }
       let payload: unknown;
       try {
@@ -130,6 +139,7 @@ export class KmsCore {
       try {
         const credential = parseCredential(payload);
         const identity = await this.services.authenticator.authenticate(credential, { keyAgreement: false });
+        subject.actor = identity.entity;
         if (identity.entity !== channel.entity || identity.kind !== channel.credentialKind ||
             identity.thumbprint !== channel.credentialThumbprint) {
           throw forbidden("the credential names another identity than the one this channel was opened for", "ERR_CHANNEL_IDENTITY");
@@ -137,10 +147,11 @@ export class KmsCore {
         const request = parseRequest(payload);
         const target = resolveUri(request.uri, settings.authority);
         op = operationLabel(request.method, target.foreign ? undefined : target.segments[0]);
+        if (!target.foreign) subject.object = `kms://${settings.authority}${target.path}`;
         const recorded = await store.recordChannelMessage(channel.uri, JSON.stringify(request.requestId), settings.channelMessageLimit);
         if (recorded === "replay") throw conflict("requestId already used on this channel: replay refused", "ERR_REPLAY");
-        if (recorded === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), requestId, op);
-        if (recorded === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), requestId, op);
+        if (recorded === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), requestId, op, subject);
+        if (recorded === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), requestId, op, subject);
         counted = recorded === "recorded";
 
         const handler = await route(this.services, target, request.method);
@@ -150,6 +161,7 @@ export class KmsCore {
         if (identity.kind === "certificate") {
           if (!(await targetExists(this.services, target))) throw notFound(`nothing at ${echo(target.path)}`, "ERR_NOT_FOUND");
           acting = await this.actingFor.decide({ identity, credential, request, target });
+          if (acting.peer) Object.assign(subject, { actor: acting.peer.uri, entity: acting.identity.entity });
         }
         const result = await handler({ services: this.services, request, identity: acting.identity, target, channel, ...(acting.peer ? { peer: acting.peer } : {}) });
         this.observe({ op, status: result.status, form: "jwe" });
@@ -174,11 +186,12 @@ export class KmsCore {
           // (The outage itself was logged with the refusal, if it caused it: one line per request.)
           this.services.logger.debug({ op, err: err instanceof Error ? { name: err.name, message: err.message } : String(err) }, "refusal not counted: the store could not count it");
         }
-        if (outcome === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), e.requestId, op);
-        if (outcome === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), e.requestId, op);
+        if (outcome === "exhausted") return this.jwsError(forbidden("ephemeral key exhausted", "ERR_EPHEMERAL_KEY_EXHAUSTED"), e.requestId, op, subject);
+        if (outcome === "unknown") return this.jwsError(unauthorized("unknown ephemeral key", "ERR_UNKNOWN_EPHEMERAL_KEY"), e.requestId, op, subject);
       }
-      this.observe({ op, status: e.error.status, form: "jwe", reason: e.error.reason });
-      const body = { status: e.error.status, reason: e.error.reason, ...(e.requestId !== undefined ? { requestId: e.requestId } : {}) };
+      const error = await this.auditRefusal(e.error, op, subject);
+      this.observe({ op, status: error.status, form: "jwe", reason: error.reason });
+      const body = { status: error.status, reason: error.reason, ...(e.requestId !== undefined ? { requestId: e.requestId } : {}) };
       return sealCommonMessage(key, channel.uri, body);
     }
   }
@@ -205,8 +218,31 @@ export class KmsCore {
     return channel;
   }
 
-  private async jwsError(e: unknown, requestId: RequestId | undefined, op: string): Promise<string> {
-    const error = e instanceof KmsError ? e : this.internal(e, op);
+  /**
+   * §13: every 401/403 refusal is recorded before it is sent. Fails closed: when the record cannot
+   * be written, the reply is that failure (500, or 503 when the store is unavailable) instead.
+   * Returns the error to send.
+   */
+  private async auditRefusal(error: KmsError, op: string, subject: RefusalSubject = {}): Promise<KmsError> {
+    if (error.status !== 401 && error.status !== 403) return error;
+    try {
+      await this.services.store.appendAudit({
+        time: this.services.now(),
+        operation: op,
+        ...(subject.actor !== undefined ? { actor: subject.actor } : {}),
+        ...(subject.entity !== undefined ? { entity: subject.entity } : {}),
+        ...(subject.object !== undefined ? { object: subject.object } : {}),
+        status: error.status,
+        code: error.code,
+      });
+      return error;
+    } catch (e) {
+      return this.internal(e, op);
+    }
+  }
+
+  private async jwsError(e: unknown, requestId: RequestId | undefined, op: string, subject?: RefusalSubject): Promise<string> {
+    const error = await this.auditRefusal(e instanceof KmsError ? e : this.internal(e, op), op, subject);
     this.observe({ op, status: error.status, form: "jws", reason: error.reason });
     return this.services.staticKey.sign({
       status: error.status,

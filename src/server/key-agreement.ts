@@ -98,7 +98,7 @@ export async function createEphemeralKey(services: CoreServices, message: string
       createdAt,
       expiresAt,
       messageCount: 0,
-    });
+    }, { time: services.now(), operation: "ecdhe.create", actor: identity.entity, object: uri, status: 201 });
     if (!created) {
       throw conflict("this ECDHE public key was used before: a client must use a fresh key pair for every key agreement", "ERR_ECDHE_KEY_REUSED");
     }

@@ -5,6 +5,10 @@
  * Nothing secret reaches a store in the clear: fields named `sealed*` hold barrier ciphertext
  * (src/server/barrier), and the store never sees the keys that open them.
  */
+import type { AuditEvent, AuditRecord } from "./audit.js";
+
+export type { AuditEvent, AuditRecord } from "./audit.js";
+
 /** What became of a key registration (see Store.registerEntityKey). */
 export type RegisterKeyOutcome = "registered" | "duplicate" | "limit";
 
@@ -49,11 +53,18 @@ export interface Store {
   /** Stores the sealed keyring unless one exists; returns the one that is stored (first writer wins). */
   initKeyring(sealed: string): Promise<string>;
 
-  /** Stores a new channel; false (and nothing stored) when its client key thumbprint was seen. */
-  createChannel(channel: ChannelRecord): Promise<boolean>;
+  /**
+   * Stores a new channel; false (and nothing stored) when its client key thumbprint was seen.
+   *
+   * Audit (§13), here and in every method that changes state: `audit`, when given, is appended to
+   * the audit chain in the same transaction as the change, and only when the change happens
+   * (nothing changed, as here when false is returned: no record). A record that cannot be written
+   * fails the call and undoes the change.
+   */
+  createChannel(channel: ChannelRecord, audit?: AuditEvent): Promise<boolean>;
   getChannel(uri: string): Promise<ChannelRecord | undefined>;
   /** Deletes a channel and its replay records; false when it did not exist. */
-  deleteChannel(uri: string): Promise<boolean>;
+  deleteChannel(uri: string, audit?: AuditEvent): Promise<boolean>;
   /**
    * Atomically: refuses a requestId seen before on this channel, refuses a channel at its message
    * limit, otherwise records the requestId and counts the message.
@@ -75,21 +86,21 @@ export interface Store {
    * when it already has `maxActiveKeys` unrevoked keys (§10). Concurrent registrations of one
    * entity, on any node, never exceed the limit.
    */
-  registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome>;
+  registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number, audit?: AuditEvent): Promise<RegisterKeyOutcome>;
   /** An entity's keys, oldest first; revoked ones only when asked. */
   listEntityKeys(entity: string, opts?: { includeRevoked?: boolean }): Promise<EntityKeyRecord[]>;
   /** Marks a key revoked; false when the entity has no such active key. */
-  revokeEntityKey(entity: string, kid: string, at: Date): Promise<boolean>;
+  revokeEntityKey(entity: string, kid: string, at: Date, audit?: AuditEvent): Promise<boolean>;
 
   // ── Group Membership Block Chains (§8) ─────────────────────────────────────────────────────
   /** Stores a new chain with its genesis block (position 0) and opens the genesis members' intervals. */
-  createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]): Promise<void>;
+  createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[], audit?: AuditEvent): Promise<void>;
   /**
    * Appends blocks if, and only if, the chain's tail is still `expectedTail`: the tail check, the
    * inserts and the membership index update are one atomic step, so the chain never forks.
    * `changes` are the membership operations of the new blocks, in order, with their positions.
    */
-  appendBlocks(chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[]): Promise<"appended" | "conflict" | "unknown">;
+  appendBlocks(chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[], audit?: AuditEvent): Promise<"appended" | "conflict" | "unknown">;
   getChain(uri: string): Promise<ChainRecord | undefined>;
   /** Blocks of a chain in order, those after `afterPosition` (default: all). */
   getBlocks(chainUri: string, afterPosition?: number): Promise<BlockRecord[]>;
@@ -101,10 +112,21 @@ export interface Store {
   wasEverMember(chainUri: string, entity: string): Promise<boolean>;
 
   // ── Group Keys (§9) ─────────────────────────────────────────────────────────────────────────
-  createGk(gk: GkRecord): Promise<void>;
+  createGk(gk: GkRecord, audit?: AuditEvent): Promise<void>;
   getGk(uri: string): Promise<GkRecord | undefined>;
   /** Binds an unbound GK to a block; false (nothing changed) when it is already bound or unknown. */
-  bindGk(uri: string, block: BlockRef): Promise<boolean>;
+  bindGk(uri: string, block: BlockRef, audit?: AuditEvent): Promise<boolean>;
+
+  // ── Audit log (§13) ─────────────────────────────────────────────────────────────────────────
+  /**
+   * Appends a record that goes with no state change (a GK release on get, a 401/403 refusal);
+   * resolves once it is committed, with the stored record.
+   */
+  appendAudit(event: AuditEvent): Promise<AuditRecord>;
+  /** Records in sequence order, those after `after` (a seq; default: from the first), at most `limit`. */
+  auditRecords(opts: { after?: number; limit: number }): Promise<AuditRecord[]>;
+  /** The chain's head: the last record's seq and hash (0 and 64 zeros while empty). */
+  auditHead(): Promise<{ seq: number; hash: string }>;
 }
 
 /** Where a block stands: its hash, its chain and its position there. */

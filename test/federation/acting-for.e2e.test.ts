@@ -11,6 +11,20 @@ import { openJws, post, RawClient, startTestKms, type TestKms } from "../helpers
 import { createGroup, gkKeyFor, gkRows, openGk, Party, recipientHeader, type Reply } from "../helpers/gk-fixtures.js";
 import { rowCount } from "../helpers/gmbc-fixtures.js";
 import { createCa, issueLeaf, signProof, type TestLeaf } from "../helpers/test-pki.js";
+import Database from "better-sqlite3";
+import { auditRecordFromRow, type AuditRecord } from "../../src/store/audit.js";
+import { storePath } from "../helpers/gk-fixtures.js";
+
+/** The last audit record matching `match` (the SQLite data file, through its own connection). */
+function lastAudit(kms: TestKms, match: (r: AuditRecord) => boolean): AuditRecord | undefined {
+  const db = new Database(storePath(kms), { readonly: true });
+  try {
+    const rows = db.prepare("SELECT body, prev_hash, hash FROM audit_log ORDER BY seq").all() as { body: string; prev_hash: string; hash: string }[];
+    return rows.map((r) => auditRecordFromRow(r.body, r.prev_hash, r.hash)).filter(match).at(-1);
+  } finally {
+    db.close();
+  }
+}
 
 /**
  * The curator's side of federation (PROTOCOL.md §12 "Acting for a user"): a real KMS (the curator,
@@ -266,6 +280,10 @@ describe("acting for a user: the curator's checks (PROTOCOL.md §12)", () => {
       const got = await unwrapForPeer(r.gk);
       expect(got.kid).toBe("kms://kms.b.example");
       expect(got.uri).toBe(gkUri);
+      // §13: the release is audited with the peer as the actor and the user it acts for.
+      expect(lastAudit(kms, (r) => r.operation === "gk.get" && r.actor === "kms://kms.b.example")).toMatchObject({
+        entity: "peer+member@b.example", object: gkUri, status: 200, recipients: ["kms://kms.b.example"],
+      });
       const mine = await gkKeyFor(alice, (await alice.getGk(gkUri)).gk);
       expect(base64url.decode(got.k)).toEqual(mine.bytes);
     });

@@ -10,6 +10,8 @@ import { sqliteMigrations } from "../../src/store/sqlite/migrations.js";
 import { adminQuery, displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
 import { makeChannel, storeContract } from "./contract.js";
 import { groupStoreContract, makeBlock } from "./contract-groups.js";
+import { auditStoreContract, makeAuditEvent } from "./contract-audit.js";
+import { verifyAuditChain } from "../../src/store/audit.js";
 
 /**
  * The PostgreSQL store against a real server (KEYWARD_TEST_POSTGRES_URL, default
@@ -42,6 +44,7 @@ const openFresh = async () => new PostgresStore(TEST_POSTGRES_URL, { schema: new
 suite("PostgresStore", () => {
   storeContract("postgres", openFresh, dropSchemas);
   groupStoreContract("postgres", openFresh, dropSchemas);
+  auditStoreContract("postgres", openFresh, dropSchemas);
 
   describe("several nodes (one pool each) on one database", () => {
     const stores: PostgresStore[] = [];
@@ -54,6 +57,16 @@ suite("PostgresStore", () => {
       stores.push(s);
       return s;
     }
+
+    it("audit: three nodes appending at once keep one linear, verifying chain (§13)", async () => {
+      const schema = newSchema();
+      const nodes = Array.from({ length: 3 }, () => node(schema));
+      await nodes[0]!.migrate();
+      await Promise.all(nodes.flatMap((n, i) => Array.from({ length: 40 }, (_, j) => n.appendAudit(makeAuditEvent({ decision: `node ${i} #${j}` })))));
+      const records = await nodes[1]!.auditRecords({ limit: 1000 });
+      expect(records.map((r) => r.seq)).toEqual(Array.from({ length: 120 }, (_, i) => i + 1));
+      expect(verifyAuditChain(records)).toMatchObject({ ok: true, count: 120 });
+    });
 
     it("migrate from several nodes at once: applied once, all at the latest version", async () => {
       const schema = newSchema();
@@ -149,15 +162,15 @@ suite("PostgresStore", () => {
       const s = new PostgresStore(TEST_POSTGRES_URL, { schema });
       stores.push(s);
       expect(await s.schemaVersion()).toBe(0);
-      expect(await s.migrateTo()).toEqual({ before: 0, after: 4, applied: [1, 2, 3, 4] });
-      expect(await s.migrateTo()).toEqual({ before: 4, after: 4, applied: [] });
-      expect(await s.schemaVersion()).toBe(4);
+      expect(await s.migrateTo()).toEqual({ before: 0, after: 5, applied: [1, 2, 3, 4, 5] });
+      expect(await s.migrateTo()).toEqual({ before: 5, after: 5, applied: [] });
+      expect(await s.schemaVersion()).toBe(5);
       const tables = await adminQuery<{ table_name: string }>(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name",
         [schema],
       );
       expect(tables.rows.map((r) => r.table_name)).toEqual(
-        ["blocks", "chains", "channel_requests", "channels", "entity_keys", "gks", "keyring", "memberships", "schema_migrations"],
+        ["audit_head", "audit_log", "blocks", "chains", "channel_requests", "channels", "entity_keys", "gks", "keyring", "memberships", "schema_migrations"],
       );
     });
 
@@ -259,8 +272,8 @@ describe("keyward migrate --dir", () => {
     const dir = dataDir();
     const first = migrate(dir);
     expect(first, first.stderr).toMatchObject({ code: 0 });
-    expect(first.stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 4 (migrated from version 0)\n`);
-    expect(migrate(dir).stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 4 (already up to date)\n`);
+    expect(first.stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 5 (migrated from version 0)\n`);
+    expect(migrate(dir).stdout).toBe(`keyward: store ${join(dir, "keyward.db")} at schema version 5 (already up to date)\n`);
   });
 
   suite("PostgreSQL", () => {
@@ -271,8 +284,8 @@ describe("keyward migrate --dir", () => {
       url.searchParams.set("schema", schema);
       const first = migrate(dir, url.toString());
       expect(first, first.stderr).toMatchObject({ code: 0 });
-      expect(first.stdout).toMatch(new RegExp(`^keyward: store postgres://\\S+ \\(schema ${schema}\\) at schema version 4 \\(migrated from version 0\\)\\n$`));
-      expect(migrate(dir, url.toString()).stdout).toMatch(/at schema version 4 \(already up to date\)/);
+      expect(first.stdout).toMatch(new RegExp(`^keyward: store postgres://\\S+ \\(schema ${schema}\\) at schema version 5 \\(migrated from version 0\\)\\n$`));
+      expect(migrate(dir, url.toString()).stdout).toMatch(/at schema version 5 \(already up to date\)/);
     });
 
     it("an unreachable server fails with the masked URL", () => {

@@ -7,6 +7,9 @@ import { SqliteStore } from "../../src/store/sqlite/sqlite-store.js";
 import type { RecordOutcome } from "../../src/store/store.js";
 import { makeChannel, storeContract } from "./contract.js";
 import { groupStoreContract } from "./contract-groups.js";
+import { auditStoreContract, makeAuditEvent } from "./contract-audit.js";
+import { verifyAuditChain } from "../../src/store/audit.js";
+import Database from "better-sqlite3";
 
 const REPO_ROOT = resolve(import.meta.dirname, "../..");
 const WORKER = join(REPO_ROOT, "test/store/record-worker.ts");
@@ -26,6 +29,7 @@ storeContract("sqlite (file)", async () => new SqliteStore(freshDbPath()), remov
 // ... and the in-memory database.
 storeContract("sqlite (:memory:)", async () => new SqliteStore(":memory:"));
 groupStoreContract("sqlite (file)", async () => new SqliteStore(freshDbPath()), removeDirs);
+auditStoreContract("sqlite (file)", async () => new SqliteStore(freshDbPath()), removeDirs);
 
 describe("SqliteStore: one file, several connections", () => {
   afterEach(removeDirs);
@@ -43,6 +47,32 @@ describe("SqliteStore: one file, several connections", () => {
     expect(await b.getChannel(c.uri)).toEqual({ ...c, messageCount: 1 });
     expect(await b.getKeyring()).toBe("kw1.k");
     expect(await b.recordChannelMessage(c.uri, '"r"', 10)).toBe("replay");
+    await b.close();
+  });
+
+  it("audit: two connections appending at once keep one linear, verifying chain (§13)", async () => {
+    const path = freshDbPath();
+    const a = new SqliteStore(path);
+    const b = new SqliteStore(path);
+    await Promise.all([a, b].flatMap((s, i) => Array.from({ length: 30 }, (_, j) => s.appendAudit(makeAuditEvent({ decision: `conn ${i} #${j}` })))));
+    const records = await b.auditRecords({ limit: 1000 });
+    expect(records.map((r) => r.seq)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
+    expect(verifyAuditChain(records)).toMatchObject({ ok: true, count: 60 });
+    await a.close();
+    await b.close();
+  });
+
+  it("audit: a record altered in the data file breaks verification at that record", async () => {
+    const path = freshDbPath();
+    const a = new SqliteStore(path);
+    for (let i = 0; i < 4; i++) await a.appendAudit(makeAuditEvent({ status: 200 }));
+    await a.close();
+    const raw = new Database(path);
+    const body = raw.prepare("SELECT body FROM audit_log WHERE seq = 3").pluck().get() as string;
+    raw.prepare("UPDATE audit_log SET body = ? WHERE seq = 3").run(body.replace('"status":200', '"status":403'));
+    raw.close();
+    const b = new SqliteStore(path);
+    expect(verifyAuditChain(await b.auditRecords({ limit: 100 }))).toMatchObject({ ok: false, seq: 3, count: 2 });
     await b.close();
   });
 

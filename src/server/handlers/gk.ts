@@ -9,6 +9,7 @@ import { describePolicy, isEntitled } from "../gk/policy.js";
 import { wrapGroupKey } from "../gk/wrap-group-key.js";
 import { rfc3339 } from "../key-agreement.js";
 import { echo } from "../../protocol/echo.js";
+import { auditOf } from "../audit.js";
 
 /** The block a request names by hash, with the requester's membership at it checked (§9). */
 async function requireBlock(services: CoreServices, hash: unknown, entity: string): Promise<BlockRef> {
@@ -75,7 +76,9 @@ export const createGk: Handler = async (ctx) => {
   } finally {
     keyBytes.fill(0);
   }
-  await services.store.createGk(gk); // after signing: a failed request stores nothing
+  // After signing: a failed request stores nothing. The release is recorded with the GK (§13).
+  const decision = block ? `requester, member at block ${block.hash}` : "requester (unbound)";
+  await services.store.createGk(gk, auditOf(ctx, { operation: "gk.create", object: uri, status: 201, recipients, decision }));
   return { status: 201, gk: signed };
 };
 
@@ -87,10 +90,10 @@ export const bindGk: Handler = async (ctx) => {
   if (gk.requester !== identity.entity) throw forbidden("only the entity that created a group key may bind it", "ERR_NOT_YOUR_GK");
   if (gk.block) throw conflict(`the group key is already bound to block ${gk.block.hash}`, "ERR_GK_BOUND");
   const block = await requireBlock(services, request.block, identity.entity);
-  const signed = await withKeyBytes(services, gk, async (keyBytes) =>
-    signedGk(services, { ...gk, block }, keyBytes, await recipientsFor(ctx)),
-  );
-  if (!(await services.store.bindGk(gk.uri, block))) throw conflict("the group key was bound by a concurrent request", "ERR_GK_BOUND");
+  const recipients = await recipientsFor(ctx);
+  const signed = await withKeyBytes(services, gk, async (keyBytes) => signedGk(services, { ...gk, block }, keyBytes, recipients));
+  const audit = auditOf(ctx, { operation: "gk.bind", object: gk.uri, status: 200, recipients, decision: `requester, member at block ${block.hash}` });
+  if (!(await services.store.bindGk(gk.uri, block, audit))) throw conflict("the group key was bound by a concurrent request", "ERR_GK_BOUND");
   return { status: 200, gk: signed };
 };
 
@@ -109,7 +112,11 @@ export const getGk: Handler = async (ctx) => {
     throw forbidden(`policy ${services.settings.policy}: ${describePolicy(services.settings.policy)}`, "ERR_POLICY");
   }
   const recipients = await recipientsFor(ctx);
-  return { status: 200, gk: await withKeyBytes(services, gk, (keyBytes) => signedGk(services, gk, keyBytes, recipients)) };
+  const signed = await withKeyBytes(services, gk, (keyBytes) => signedGk(services, gk, keyBytes, recipients));
+  // §13: the release is recorded, and committed, before the reply leaves; no record, no release.
+  const decision = gk.block ? `policy ${services.settings.policy}: entitled` : "requester (unbound)";
+  await services.store.appendAudit(auditOf(ctx, { operation: "gk.get", object: gk.uri, status: 200, recipients, decision }));
+  return { status: 200, gk: signed };
 };
 
 /** Opens a stored GK's key for `use` and wipes the bytes afterwards. */

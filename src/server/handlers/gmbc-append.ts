@@ -1,3 +1,4 @@
+import { auditOf } from "../audit.js";
 import { parseBlock } from "../../primitives/gmbc/parse-block.js";
 import { verifyAppendedBlockSignature } from "../../primitives/gmbc/verify-chain.js";
 import type { AppendedPayload, ParsedBlock } from "../../primitives/gmbc/types.js";
@@ -16,7 +17,8 @@ import { echo } from "../../protocol/echo.js";
  * from the index at the tail's position, never by replaying the chain; the store re-checks the
  * tail in the same transaction as the insert, so two appends on one tail cannot both land.
  */
-export const appendBlocks: Handler = async ({ services, request, target }) => {
+export const appendBlocks: Handler = async (ctx) => {
+  const { services, request, target } = ctx;
   const { settings, store } = services;
   const chainUri = chainUriOf(settings.authority, target);
   const chain = await store.getChain(chainUri);
@@ -97,7 +99,7 @@ export const appendBlocks: Handler = async ({ services, request, target }) => {
     newBlocks.push({ position, hash: b.hash, jws: b.jws, creator: p.creator, created: new Date(p.created) });
   }
 
-  const outcome = await store.appendBlocks(chainUri, chain.tailHash, newBlocks, changes);
+  const outcome = await store.appendBlocks(chainUri, chain.tailHash, newBlocks, changes, auditOf(ctx, { operation: "gmbc.append", object: chainUri, status: 200 }));
   if (outcome === "conflict") {
     throw conflict("another append landed on this tail first: fetch the new blocks and retry", "ERR_STALE_TAIL");
   }

@@ -143,4 +143,50 @@ export const postgresMigrations: readonly { version: number; name: string; sql: 
       $$;
     `,
   },
+  {
+    // §13: the audit log (same shape as SQLite's version 5). Appends are serialized by the one-row
+    // head: keyward_append_audit locks it (SELECT ... FOR UPDATE), numbers the record, hashes it
+    // (SHA-256(prev || body), the body's canonical JSON built by the client around its seq: see
+    // auditBodyAroundSeq in src/store/audit.ts), inserts it and moves the head, in one round trip.
+    // An audited change calls it after its own statements, in the same transaction; a concurrent
+    // writer waits on the head row until that commits, so the chain stays linear across nodes.
+    version: 5,
+    name: "audit log",
+    sql: `
+      CREATE TABLE audit_log (
+        seq BIGINT PRIMARY KEY,
+        time_ms BIGINT NOT NULL,
+        operation TEXT NOT NULL,
+        actor TEXT COLLATE "C",
+        entity TEXT COLLATE "C",
+        object TEXT COLLATE "C",
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+      );
+      CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq BIGINT NOT NULL,
+        hash TEXT NOT NULL
+      );
+      INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '${"0".repeat(64)}');
+      CREATE FUNCTION keyward_append_audit(p_time BIGINT, p_operation TEXT, p_actor TEXT, p_entity TEXT, p_object TEXT, p_prefix TEXT, p_suffix TEXT)
+      RETURNS TABLE (seq BIGINT, prev_hash TEXT, hash TEXT) LANGUAGE plpgsql VOLATILE AS $$
+      DECLARE
+        v_seq BIGINT;
+        v_prev TEXT;
+        v_body TEXT;
+        v_hash TEXT;
+      BEGIN
+        SELECT h.seq + 1, h.hash INTO v_seq, v_prev FROM audit_head h WHERE h.id = 1 FOR UPDATE;
+        v_body := p_prefix || v_seq::text || p_suffix;
+        v_hash := encode(sha256(convert_to(v_prev || v_body, 'UTF8')), 'hex');
+        INSERT INTO audit_log (seq, time_ms, operation, actor, entity, object, body, prev_hash, hash)
+          VALUES (v_seq, p_time, p_operation, p_actor, p_entity, p_object, v_body, v_prev, v_hash);
+        UPDATE audit_head SET seq = v_seq, hash = v_hash WHERE id = 1;
+        RETURN QUERY SELECT v_seq, v_prev, v_hash;
+      END
+      $$;
+    `,
+  },
 ];

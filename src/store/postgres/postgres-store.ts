@@ -14,6 +14,7 @@ import type {
   Store,
 } from "../store.js";
 import { StoreUnavailableError } from "../store.js";
+import { auditBody, auditBodyAroundSeq, auditRecordFromRow, type AuditEvent, type AuditRecord } from "../audit.js";
 import { postgresMigrations } from "./migrations.js";
 
 export interface PostgresStoreOptions {
@@ -217,6 +218,10 @@ const SQL = {
   insertGk: "INSERT INTO gks (uri, requester, created_at, sealed_key, block_hash, chain_uri, block_position) VALUES ($1, $2, $3, $4, $5, $6, $7)",
   getGk: "SELECT * FROM gks WHERE uri = $1",
   bindGk: "UPDATE gks SET block_hash = $1, chain_uri = $2, block_position = $3 WHERE uri = $4 AND block_hash IS NULL",
+  // §13: numbered, hashed and chained under the head row's lock (see migration 5).
+  appendAudit: "SELECT seq::text AS seq, prev_hash, hash FROM keyward_append_audit($1, $2, $3, $4, $5, $6, $7)",
+  auditAfter: "SELECT body, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+  auditHead: "SELECT seq::text AS seq, hash FROM audit_head WHERE id = 1",
 } as const;
 
 type StatementName = keyof typeof SQL;
@@ -296,8 +301,36 @@ export class PostgresStore implements Store {
     this.pool.on("error", onIdleError);
   }
 
-  private async run<R extends pg.QueryResultRow>(name: StatementName, values: readonly unknown[]): Promise<pg.QueryResult<R>> {
-    return this.pool.query<R>({ name, text: SQL[name], values: values as unknown[] }).catch(rethrow);
+  private async run<R extends pg.QueryResultRow>(name: StatementName, values: readonly unknown[], client?: pg.PoolClient): Promise<pg.QueryResult<R>> {
+    return (client ?? this.pool).query<R>({ name, text: SQL[name], values: values as unknown[] }).catch(rethrow);
+  }
+
+  /**
+   * Runs a state change (`change`, on the connection it is given) and, when `audit` is given and
+   * `happened` says the change was made, appends the audit record in the same transaction. Without
+   * a record the change runs alone, as one statement on the pool.
+   */
+  private async audited<T>(audit: AuditEvent | undefined, change: (client?: pg.PoolClient) => Promise<T>, happened: (r: T) => boolean): Promise<T> {
+    if (!audit) return change();
+    return this.transaction(async (client) => {
+      const r = await change(client);
+      if (happened(r)) await this.writeAudit(client, audit);
+      return r;
+    });
+  }
+
+  /**
+   * Appends `event` (one statement): inside the caller's transaction when given a client, holding
+   * the head row until it commits; alone, the head is held only while the statement runs.
+   */
+  private async writeAudit(client: pg.PoolClient | undefined, event: AuditEvent): Promise<AuditRecord> {
+    const { prefix, suffix } = auditBodyAroundSeq(event);
+    const row = (await this.run<{ seq: string; prev_hash: string; hash: string }>(
+      "appendAudit",
+      [event.time.getTime(), event.operation, event.actor ?? null, event.entity ?? null, event.object ?? null, prefix, suffix],
+      client,
+    )).rows[0]!;
+    return { ...auditBody(Number(row.seq), event), prev: row.prev_hash, hash: row.hash };
   }
 
   /**
@@ -398,7 +431,11 @@ export class PostgresStore implements Store {
     return winner;
   }
 
-  async createChannel(c: ChannelRecord): Promise<boolean> {
+  async createChannel(c: ChannelRecord, audit?: AuditEvent): Promise<boolean> {
+    return this.audited(audit, (client) => this.insertChannel(c, client), (created) => created);
+  }
+
+  private async insertChannel(c: ChannelRecord, client?: pg.PoolClient): Promise<boolean> {
     const r = await this.run("insertChannel", [
       c.uri,
       c.entity,
@@ -410,7 +447,7 @@ export class PostgresStore implements Store {
       c.createdAt.getTime(),
       c.expiresAt.getTime(),
       c.messageCount,
-    ]);
+    ], client);
     return r.rowCount === 1;
   }
 
@@ -435,18 +472,19 @@ export class PostgresStore implements Store {
    * Deleting the channel rows first locks them (waiting for a recordChannelMessage in flight);
    * the replay records are then deleted by a second statement, which sees that call's record.
    */
-  private async deleteChannelsTx(statement: "deleteChannels" | "deleteExpired", arg: string | number): Promise<number> {
+  private async deleteChannelsTx(statement: "deleteChannels" | "deleteExpired", arg: string | number, audit?: AuditEvent): Promise<number> {
     return this.transaction(async (client) => {
       const gone = await client.query<{ uri: string }>({ name: statement, text: SQL[statement], values: [arg] });
       if (gone.rows.length > 0) {
         await client.query({ name: "deleteRequests", text: SQL.deleteRequests, values: [gone.rows.map((r) => r.uri)] });
+        if (audit) await this.writeAudit(client, audit);
       }
       return gone.rows.length;
     });
   }
 
-  async deleteChannel(uri: string): Promise<boolean> {
-    return (await this.deleteChannelsTx("deleteChannels", uri)) > 0;
+  async deleteChannel(uri: string, audit?: AuditEvent): Promise<boolean> {
+    return (await this.deleteChannelsTx("deleteChannels", uri, audit)) > 0;
   }
 
   async recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome> {
@@ -463,9 +501,13 @@ export class PostgresStore implements Store {
     return this.deleteChannelsTx("deleteExpired", before.getTime());
   }
 
-  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome> {
-    const r = await this.run<{ outcome: RegisterKeyOutcome }>("registerKey", [key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime(), maxActiveKeys]);
-    return r.rows[0]!.outcome;
+  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number, audit?: AuditEvent): Promise<RegisterKeyOutcome> {
+    return this.audited(
+      audit,
+      async (client) =>
+        (await this.run<{ outcome: RegisterKeyOutcome }>("registerKey", [key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime(), maxActiveKeys], client)).rows[0]!.outcome,
+      (outcome) => outcome === "registered",
+    );
   }
 
   async listEntityKeys(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKeyRecord[]> {
@@ -479,11 +521,15 @@ export class PostgresStore implements Store {
     }));
   }
 
-  async revokeEntityKey(entity: string, kid: string, at: Date): Promise<boolean> {
-    return (await this.run("revokeKey", [at.getTime(), entity, kid])).rowCount === 1;
+  async revokeEntityKey(entity: string, kid: string, at: Date, audit?: AuditEvent): Promise<boolean> {
+    return this.audited(audit, async (client) => (await this.run("revokeKey", [at.getTime(), entity, kid], client)).rowCount === 1, (r) => r);
   }
 
-  async createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]): Promise<void> {
+  async createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[], audit?: AuditEvent): Promise<void> {
+    await this.audited(audit, (client) => this.insertChain(chain, genesis, members, client), () => true);
+  }
+
+  private async insertChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[], client?: pg.PoolClient): Promise<void> {
     await this.run("createChain", [
       chain.uri,
       chain.requester,
@@ -494,7 +540,7 @@ export class PostgresStore implements Store {
       genesis.creator,
       genesis.created.getTime(),
       members,
-    ]);
+    ], client);
   }
 
   async appendBlocks(
@@ -502,10 +548,21 @@ export class PostgresStore implements Store {
     expectedTail: string,
     blocks: readonly NewBlock[],
     changes: readonly MembershipChange[],
+    audit?: AuditEvent,
+  ): Promise<"appended" | "conflict" | "unknown"> {
+    return this.audited(audit, (client) => this.appendBlocksOn(chainUri, expectedTail, blocks, changes, client), (r) => r === "appended");
+  }
+
+  private async appendBlocksOn(
+    chainUri: string,
+    expectedTail: string,
+    blocks: readonly NewBlock[],
+    changes: readonly MembershipChange[],
+    client?: pg.PoolClient,
   ): Promise<"appended" | "conflict" | "unknown"> {
     const first = blocks[0];
     const last = blocks[blocks.length - 1];
-    if (!first || !last) return (await this.run("chainExists", [chainUri])).rowCount === 0 ? "unknown" : "conflict";
+    if (!first || !last) return (await this.run("chainExists", [chainUri], client)).rowCount === 0 ? "unknown" : "conflict";
     const { close, open } = membershipEffects(changes);
     const r = await this.run<{ appended: boolean; known: boolean }>("appendBlocks", [
       chainUri,
@@ -523,7 +580,7 @@ export class PostgresStore implements Store {
       open.map((o) => o.entity),
       open.map((o) => o.start),
       open.map((o) => o.end),
-    ]);
+    ], client);
     const row = r.rows[0]!;
     return row.appended ? "appended" : row.known ? "conflict" : "unknown";
   }
@@ -557,7 +614,11 @@ export class PostgresStore implements Store {
     return (await this.run("everMember", [chainUri, entity])).rowCount === 1;
   }
 
-  async createGk(gk: GkRecord): Promise<void> {
+  async createGk(gk: GkRecord, audit?: AuditEvent): Promise<void> {
+    await this.audited(audit, (client) => this.insertGk(gk, client), () => true);
+  }
+
+  private async insertGk(gk: GkRecord, client?: pg.PoolClient): Promise<void> {
     await this.run("insertGk", [
       gk.uri,
       gk.requester,
@@ -566,7 +627,7 @@ export class PostgresStore implements Store {
       gk.block?.hash ?? null,
       gk.block?.chainUri ?? null,
       gk.block?.position ?? null,
-    ]);
+    ], client);
   }
 
   async getGk(uri: string): Promise<GkRecord | undefined> {
@@ -581,8 +642,22 @@ export class PostgresStore implements Store {
     };
   }
 
-  async bindGk(uri: string, block: BlockRef): Promise<boolean> {
-    return (await this.run("bindGk", [block.hash, block.chainUri, block.position, uri])).rowCount === 1;
+  async bindGk(uri: string, block: BlockRef, audit?: AuditEvent): Promise<boolean> {
+    return this.audited(audit, async (client) => (await this.run("bindGk", [block.hash, block.chainUri, block.position, uri], client)).rowCount === 1, (r) => r);
+  }
+
+  async appendAudit(event: AuditEvent): Promise<AuditRecord> {
+    return this.writeAudit(undefined, event);
+  }
+
+  async auditRecords(opts: { after?: number; limit: number }): Promise<AuditRecord[]> {
+    const r = await this.run<{ body: string; prev_hash: string; hash: string }>("auditAfter", [opts.after ?? 0, opts.limit]);
+    return r.rows.map((row) => auditRecordFromRow(row.body, row.prev_hash, row.hash));
+  }
+
+  async auditHead(): Promise<{ seq: number; hash: string }> {
+    const h = (await this.run<{ seq: string; hash: string }>("auditHead", [])).rows[0]!;
+    return { seq: Number(h.seq), hash: h.hash };
   }
 }
 

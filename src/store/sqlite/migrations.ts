@@ -92,4 +92,31 @@ export const sqliteMigrations: readonly { version: number; name: string; sql: st
     name: "at most N unrevoked keys per entity",
     sql: "CREATE INDEX IF NOT EXISTS entity_keys_active ON entity_keys (entity) WHERE revoked_at IS NULL;",
   },
+  {
+    // §13: the audit log. `body` is the record's canonical JSON (what is hashed, src/store/audit.ts);
+    // the other columns repeat some of its members for filtering. The one-row head holds the last
+    // seq and hash, so that a truncated tail is detected too; it is read and moved inside the
+    // IMMEDIATE transaction of the change being recorded, which keeps the chain linear.
+    version: 5,
+    name: "audit log",
+    sql: `
+      CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        operation TEXT NOT NULL,
+        actor TEXT,
+        entity TEXT,
+        object TEXT,
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+      );
+      CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL
+      );
+      INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '${"0".repeat(64)}');
+    `,
+  },
 ];

@@ -14,6 +14,7 @@ import type {
   Store,
 } from "../store.js";
 import { StoreUnavailableError } from "../store.js";
+import { auditRecordFromRow, nextAuditRecord, type AuditEvent, type AuditRecord } from "../audit.js";
 import { sqliteMigrations } from "./migrations.js";
 
 /**
@@ -115,7 +116,8 @@ export class SqliteStore implements Store {
   private readonly stmts;
   private readonly transactions;
   private pendingRecords: Required<PendingRecord>[] = [];
-  private pendingGks: { gk: GkRecord; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private pendingGks: { gk: GkRecord; audit: AuditEvent | undefined; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private pendingAudits: { event: AuditEvent; resolve: (r: AuditRecord) => void; reject: (e: unknown) => void }[] = [];
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -187,6 +189,12 @@ export class SqliteStore implements Store {
       getGk: db.prepare("SELECT * FROM gks WHERE uri = ?"),
       bindGk: db.prepare("UPDATE gks SET block_hash = ?, chain_uri = ?, block_position = ? WHERE uri = ? AND block_hash IS NULL"),
       everMember: db.prepare("SELECT 1 FROM memberships WHERE chain_uri = ? AND entity = ? LIMIT 1").pluck(),
+      auditHead: db.prepare("SELECT seq, hash FROM audit_head WHERE id = 1"),
+      setAuditHead: db.prepare("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"),
+      insertAudit: db.prepare(
+        "INSERT INTO audit_log (seq, time_ms, operation, actor, entity, object, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      auditAfter: db.prepare("SELECT body, prev_hash, hash FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"),
     };
   }
 
@@ -201,6 +209,7 @@ export class SqliteStore implements Store {
   async close(): Promise<void> {
     if (this.pendingRecords.length > 0) this.flushRecords();
     if (this.pendingGks.length > 0) this.flushGks();
+    if (this.pendingAudits.length > 0) this.flushAudits();
     this.db.close();
   }
 
@@ -213,7 +222,11 @@ export class SqliteStore implements Store {
     return this.stmts.getKeyring.get() as string;
   }
 
-  async createChannel(c: ChannelRecord): Promise<boolean> {
+  async createChannel(c: ChannelRecord, audit?: AuditEvent): Promise<boolean> {
+    return this.transactions.createChannel.immediate(c, audit);
+  }
+
+  private insertChannel(c: ChannelRecord): boolean {
     const { changes } = this.stmts.insertChannel.run({
       uri: c.uri,
       entity: c.entity,
@@ -246,15 +259,47 @@ export class SqliteStore implements Store {
     };
   }
 
-  private deleteTx(uri: string): boolean {
-    return this.transactions.deleteChannel.immediate(uri);
+  /**
+   * Appends `event` to the audit chain. Only inside a write transaction: the head is read and moved
+   * under SQLite's write lock, so that writers (connections or processes) never fork the chain.
+   */
+  private writeAudit(event: AuditEvent): AuditRecord {
+    const head = this.stmts.auditHead.get() as { seq: number; hash: string };
+    const { record, json } = nextAuditRecord(head, event);
+    this.stmts.insertAudit.run(record.seq, event.time.getTime(), record.operation, record.actor ?? null, record.entity ?? null, record.object ?? null, json, record.prev, record.hash);
+    this.stmts.setAuditHead.run(record.seq, record.hash);
+    return record;
   }
 
   private buildTransactions() {
-    const deleteChannel = this.db.transaction((uri: string): boolean => {
-      this.stmts.deleteRequests.run(uri);
-      return this.stmts.deleteChannel.run(uri).changes > 0;
+    const audited = <A extends unknown[], R>(change: (...args: A) => R, happened: (r: R) => boolean) =>
+      this.db.transaction((audit: AuditEvent | undefined, ...args: A): R => {
+        const r = change(...args);
+        if (audit && happened(r)) this.writeAudit(audit);
+        return r;
+      });
+    const createChannel = this.db.transaction((c: ChannelRecord, audit: AuditEvent | undefined): boolean => {
+      const created = this.insertChannel(c);
+      if (created && audit) this.writeAudit(audit);
+      return created;
     });
+    const deleteChannel = this.db.transaction((uri: string, audit?: AuditEvent): boolean => {
+      this.stmts.deleteRequests.run(uri);
+      const deleted = this.stmts.deleteChannel.run(uri).changes > 0;
+      if (deleted && audit) this.writeAudit(audit);
+      return deleted;
+    });
+    const revokeKey = audited((entity: string, kid: string, at: Date) => this.stmts.revokeKey.run(at.getTime(), entity, kid).changes === 1, (r) => r);
+    const bindGk = audited(
+      (uri: string, block: BlockRef) => this.stmts.bindGk.run(block.hash, block.chainUri, block.position, uri).changes === 1,
+      (r) => r,
+    );
+    const insertGk = this.db.transaction((gk: GkRecord, audit: AuditEvent | undefined) => {
+      this.insertGk(gk);
+      if (audit) this.writeAudit(audit);
+    });
+    const appendAudits = this.db.transaction((events: readonly AuditEvent[]) => events.map((e) => this.writeAudit(e)));
+    const appendAudit = this.db.transaction((event: AuditEvent) => this.writeAudit(event));
     // Group commit: every replay record asked for in one event-loop turn is written in one
     // transaction (one WAL append instead of one per request), each with its own outcome.
     const recordBatch = this.db.transaction((items: readonly PendingRecord[]): RecordOutcome[] =>
@@ -268,13 +313,14 @@ export class SqliteStore implements Store {
         return "recorded";
       }),
     );
-    const createChain = this.db.transaction((chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]) => {
+    const createChain = this.db.transaction((chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[], audit?: AuditEvent) => {
       this.stmts.insertChain.run(chain.uri, chain.requester, chain.created.getTime(), 1, genesis.hash);
       this.insertBlock(chain.uri, genesis);
       for (const m of members) this.stmts.openInterval.run(chain.uri, m, 0);
+      if (audit) this.writeAudit(audit);
     });
     const append = this.db.transaction(
-      (chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[]) => {
+      (chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[], audit?: AuditEvent) => {
         const tail = this.stmts.tail.get(chainUri) as { tail_hash: string; length: number } | undefined;
         if (!tail) return "unknown" as const;
         if (tail.tail_hash !== expectedTail || blocks[0]?.position !== tail.length) return "conflict" as const;
@@ -285,6 +331,7 @@ export class SqliteStore implements Store {
         }
         const last = blocks[blocks.length - 1]!;
         this.stmts.setTail.run(last.hash, last.position + 1, chainUri);
+        if (audit) this.writeAudit(audit);
         return "appended" as const;
       },
     );
@@ -296,24 +343,28 @@ export class SqliteStore implements Store {
       }
       return removed;
     });
-    const insertGks = this.db.transaction((gks: readonly GkRecord[]) => {
-      for (const gk of gks) this.insertGk(gk);
+    const insertGks = this.db.transaction((gks: readonly { gk: GkRecord; audit: AuditEvent | undefined }[]) => {
+      for (const { gk, audit } of gks) {
+        this.insertGk(gk);
+        if (audit) this.writeAudit(audit);
+      }
     });
-    const registerKey = this.db.transaction((key: EntityKeyRecord, maxActiveKeys: number): RegisterKeyOutcome => {
+    const registerKey = this.db.transaction((key: EntityKeyRecord, maxActiveKeys: number, audit?: AuditEvent): RegisterKeyOutcome => {
       if (this.stmts.hasKid.get(key.entity, key.kid) !== undefined) return "duplicate";
       if ((this.stmts.countActiveKeys.get(key.entity) as number) >= maxActiveKeys) return "limit";
       this.stmts.insertKey.run(key.entity, key.kid, JSON.stringify(key.jwk), key.created.getTime());
+      if (audit) this.writeAudit(audit);
       return "registered";
     });
-    return { deleteChannel, recordBatch, createChain, append, purge, insertGks, registerKey };
+    return { createChannel, deleteChannel, recordBatch, createChain, append, purge, insertGks, insertGk, registerKey, revokeKey, bindGk, appendAudits, appendAudit };
   }
 
   private insertBlock(chainUri: string, b: NewBlock): void {
     this.stmts.insertBlock.run(chainUri, b.position, b.hash, b.jws, b.creator, b.created.getTime());
   }
 
-  async deleteChannel(uri: string): Promise<boolean> {
-    return this.deleteTx(uri);
+  async deleteChannel(uri: string, audit?: AuditEvent): Promise<boolean> {
+    return this.transactions.deleteChannel.immediate(uri, audit);
   }
 
   async recordChannelMessage(uri: string, requestId: string, messageLimit: number): Promise<RecordOutcome> {
@@ -342,10 +393,10 @@ export class SqliteStore implements Store {
     }
   }
 
-  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number): Promise<RegisterKeyOutcome> {
+  async registerEntityKey(key: EntityKeyRecord, maxActiveKeys: number, audit?: AuditEvent): Promise<RegisterKeyOutcome> {
     // IMMEDIATE: the count and the insert hold the write lock together, so worker processes
     // sharing the file cannot both pass the limit.
-    return this.transactions.registerKey.immediate(key, maxActiveKeys);
+    return this.transactions.registerKey.immediate(key, maxActiveKeys, audit);
   }
 
   async listEntityKeys(entity: string, opts: { includeRevoked?: boolean } = {}): Promise<EntityKeyRecord[]> {
@@ -359,16 +410,16 @@ export class SqliteStore implements Store {
     }));
   }
 
-  async revokeEntityKey(entity: string, kid: string, at: Date): Promise<boolean> {
-    return this.stmts.revokeKey.run(at.getTime(), entity, kid).changes === 1;
+  async revokeEntityKey(entity: string, kid: string, at: Date, audit?: AuditEvent): Promise<boolean> {
+    return this.transactions.revokeKey.immediate(audit, entity, kid, at);
   }
 
-  async createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[]): Promise<void> {
-    this.transactions.createChain.immediate(chain, genesis, members);
+  async createChain(chain: { uri: string; requester: string; created: Date }, genesis: NewBlock, members: readonly string[], audit?: AuditEvent): Promise<void> {
+    this.transactions.createChain.immediate(chain, genesis, members, audit);
   }
 
-  async appendBlocks(chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[]) {
-    return this.transactions.append.immediate(chainUri, expectedTail, blocks, changes);
+  async appendBlocks(chainUri: string, expectedTail: string, blocks: readonly NewBlock[], changes: readonly MembershipChange[], audit?: AuditEvent) {
+    return this.transactions.append.immediate(chainUri, expectedTail, blocks, changes, audit);
   }
 
   async getChain(uri: string): Promise<ChainRecord | undefined> {
@@ -405,9 +456,9 @@ export class SqliteStore implements Store {
    * one transaction (one WAL commit instead of one each), and each promise resolves only once that
    * transaction has committed, so a GK is never acknowledged before it is stored.
    */
-  async createGk(gk: GkRecord): Promise<void> {
+  async createGk(gk: GkRecord, audit?: AuditEvent): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.pendingGks.push({ gk, resolve, reject });
+      this.pendingGks.push({ gk, audit, resolve, reject });
       if (this.pendingGks.length === 1) setImmediate(() => this.flushGks());
     });
   }
@@ -420,13 +471,14 @@ export class SqliteStore implements Store {
     const batch = this.pendingGks;
     this.pendingGks = [];
     try {
-      this.transactions.insertGks.immediate(batch.map((p) => p.gk));
+      this.transactions.insertGks.immediate(batch);
       for (const p of batch) p.resolve();
     } catch {
-      // One bad row must not fail the others: write them one by one, each with its own outcome.
+      // One bad row must not fail the others: write them one by one, each (with its audit record)
+      // in its own transaction and with its own outcome.
       for (const p of batch) {
         try {
-          this.insertGk(p.gk);
+          this.transactions.insertGk.immediate(p.gk, p.audit);
           p.resolve();
         } catch (e) {
           p.reject(e);
@@ -447,8 +499,43 @@ export class SqliteStore implements Store {
     };
   }
 
-  async bindGk(uri: string, block: BlockRef): Promise<boolean> {
-    return this.stmts.bindGk.run(block.hash, block.chainUri, block.position, uri).changes === 1;
+  async bindGk(uri: string, block: BlockRef, audit?: AuditEvent): Promise<boolean> {
+    return this.transactions.bindGk.immediate(audit, uri, block);
+  }
+
+  /** Group commit, like GKs: the records asked for in one turn are written in one transaction. */
+  async appendAudit(event: AuditEvent): Promise<AuditRecord> {
+    return new Promise<AuditRecord>((resolve, reject) => {
+      this.pendingAudits.push({ event, resolve, reject });
+      if (this.pendingAudits.length === 1) setImmediate(() => this.flushAudits());
+    });
+  }
+
+  private flushAudits(): void {
+    const batch = this.pendingAudits;
+    this.pendingAudits = [];
+    try {
+      const records = this.transactions.appendAudits.immediate(batch.map((p) => p.event));
+      batch.forEach((p, i) => p.resolve(records[i]!));
+    } catch {
+      for (const p of batch) {
+        try {
+          p.resolve(this.transactions.appendAudit.immediate(p.event));
+        } catch (e) {
+          p.reject(e);
+        }
+      }
+    }
+  }
+
+  async auditRecords(opts: { after?: number; limit: number }): Promise<AuditRecord[]> {
+    const rows = this.stmts.auditAfter.all(opts.after ?? 0, opts.limit) as { body: string; prev_hash: string; hash: string }[];
+    return rows.map((r) => auditRecordFromRow(r.body, r.prev_hash, r.hash));
+  }
+
+  async auditHead(): Promise<{ seq: number; hash: string }> {
+    const h = this.stmts.auditHead.get() as { seq: number; hash: string };
+    return { seq: h.seq, hash: h.hash };
   }
 
   async purgeChannels(before: Date): Promise<number> {
@@ -465,7 +552,7 @@ const GUARDED_METHODS = [
   "migrate", "ping", "close", "getKeyring", "initKeyring", "createChannel", "getChannel", "deleteChannel",
   "recordChannelMessage", "countChannelMessage", "purgeChannels", "registerEntityKey", "listEntityKeys", "revokeEntityKey",
   "createChain", "appendBlocks", "getChain", "getBlocks", "findBlock", "isMemberAt", "wasEverMember",
-  "createGk", "getGk", "bindGk",
+  "createGk", "getGk", "bindGk", "appendAudit", "auditRecords", "auditHead",
 ] as const satisfies readonly (keyof Store)[];
 // Compile-time check that no Store method is left out of GUARDED_METHODS.
 const everyMethodGuarded: Exclude<keyof Store, (typeof GUARDED_METHODS)[number]> extends never ? true : never = true;
