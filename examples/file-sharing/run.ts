@@ -10,15 +10,16 @@
 import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { DeviceKey, GroupKeys, Groups, KmsRequestError, type KmsClient } from "../../src/client/index.js";
+import { DeviceKey, GroupKeys, Groups, type KmsClient } from "../../src/client/index.js";
 import { describePolicy } from "../../src/server/gk/policy.js";
 import { preview, startFileServer, type FileServer } from "./file-server.js";
 import { startDemoKms, type DemoKms } from "./kms.js";
+import { attempt, short, shown, type Access } from "../lib/access.js";
 
 export type Policy = 1 | 2 | 3;
 
 /** Whether the KMS handed a GK over, and if not, its refusal. */
-export type Access = { readonly granted: true } | { readonly granted: false; readonly status: number; readonly reason: string };
+export type { Access };
 
 /** What happened, for tests and the summary. */
 export interface FileSharingResult {
@@ -76,18 +77,6 @@ async function openUser(kms: DemoKms, name: User["name"], entity: string, type: 
   return { name, entity, kms: client, groups, gks: fresh(), fresh };
 }
 
-async function attempt(fn: () => Promise<unknown>): Promise<Access> {
-  try {
-    await fn();
-    return { granted: true };
-  } catch (e) {
-    if (e instanceof KmsRequestError) return { granted: false, status: e.status, reason: e.reason };
-    throw e;
-  }
-}
-
-const short = (hash: string) => `${hash.slice(0, 12)}…`;
-const shown = (a: Access) => (a.granted ? "granted" : `refused, ${a.status} "${a.reason}"`);
 
 function contains(haystack: Uint8Array, needle: Uint8Array): boolean {
   return Buffer.from(haystack.buffer, haystack.byteOffset, haystack.byteLength).includes(Buffer.from(needle));

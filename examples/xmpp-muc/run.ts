@@ -14,9 +14,10 @@ import { pathToFileURL } from "node:url";
 import { client, xml, type Client } from "@xmpp/client";
 import type { Element } from "@xmpp/xml";
 import { decodeProtectedHeader } from "jose";
-import { DeviceKey, GroupKeys, Groups, KmsClient, KmsRequestError, XmppTransport, xmppJsConnection } from "../../src/client/index.js";
+import { DeviceKey, GroupKeys, Groups, KmsClient, XmppTransport, xmppJsConnection } from "../../src/client/index.js";
 import { prosodyInstalled, startProsody, type ProsodyServer } from "../../test/helpers/prosody.js";
 import { startXmppDemoKms, type XmppDemoKms } from "./kms.js";
+import { attempt, short, shown, type Access } from "../lib/access.js";
 
 const NS_KMS = "urn:x-keyward:kms:1";
 const NS_EME = "urn:xmpp:eme:0";
@@ -40,7 +41,7 @@ export class ProsodyMissingError extends Error {
 }
 
 /** Whether the KMS handed a GK over, and if not, its refusal. */
-export type Access = { readonly granted: true } | { readonly granted: false; readonly status: number; readonly reason: string };
+export type { Access };
 
 /** A groupchat message as a room occupant received it. */
 interface Received {
@@ -191,18 +192,6 @@ async function queryArchive(xmpp: Client, room: string): Promise<Element[]> {
   return found;
 }
 
-async function attempt(fn: () => Promise<unknown>): Promise<Access> {
-  try {
-    await fn();
-    return { granted: true };
-  } catch (e) {
-    if (e instanceof KmsRequestError) return { granted: false, status: e.status, reason: e.reason };
-    throw e;
-  }
-}
-
-const short = (s: string) => `${s.slice(0, 12)}…`;
-const shown = (a: Access) => (a.granted ? "granted" : `refused, ${a.status} "${a.reason}"`);
 
 /**
  * Plays draft §3.2 steps 1-7 over XMPP only, then C's removal and the next message, then checks
