@@ -33,18 +33,10 @@ export interface AuditEvent {
 }
 
 /** A stored record: the event with its sequence number, the previous record's hash and its own. */
-export interface AuditRecord {
+export interface AuditRecord extends Omit<AuditEvent, "time"> {
   readonly seq: number;
   /** RFC 3339 UTC with milliseconds. */
   readonly time: string;
-  readonly operation: string;
-  readonly actor?: string;
-  readonly entity?: string;
-  readonly object?: string;
-  readonly status: number;
-  readonly code?: string;
-  readonly recipients?: readonly string[];
-  readonly decision?: string;
   /** The previous record's hash (64 zeros for the first). */
   readonly prev: string;
   /** SHA-256(prev || canonicalJson(body)), lower-case hex. */
