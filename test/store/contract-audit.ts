@@ -1,9 +1,10 @@
 import { randomBytes, randomUUID } from "node:crypto";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { AUDIT_GENESIS_HASH, verifyAuditChain, type AuditEvent, type AuditRecord } from "../../src/store/audit.js";
 import type { GkRecord, Store } from "../../src/store/store.js";
 import { makeChannel } from "./contract.js";
 import { makeBlock } from "./contract-groups.js";
+import { onAFreshStoreEachTest } from "./fresh-store.js";
 
 /** An audit event; a unique object URI, so that tests can find their records. */
 export function makeAuditEvent(overrides: Partial<AuditEvent> = {}): AuditEvent {
@@ -37,16 +38,7 @@ function gkRecord(overrides: Partial<GkRecord> = {}): GkRecord {
 export function auditStoreContract(name: string, open: () => Promise<Store>, cleanup?: () => Promise<void>): void {
   describe(`Store contract (audit): ${name}`, () => {
     let store: Store;
-
-    beforeEach(async () => {
-      store = await open();
-      await store.migrate();
-    });
-
-    afterEach(async () => {
-      await store.close();
-      await cleanup?.();
-    });
+    onAFreshStoreEachTest(open, cleanup, (s) => (store = s));
 
     const all = () => store.auditRecords({ limit: 10_000 });
 

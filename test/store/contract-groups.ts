@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { EntityKeyRecord, GkRecord, MembershipChange, NewBlock, Store } from "../../src/store/store.js";
+import { onAFreshStoreEachTest } from "./fresh-store.js";
 
 /** A block at `position` with a fresh hash; the store checks neither the hash nor the JWS. */
 export function makeBlock(position: number, creator = "alice@example.com"): NewBlock {
@@ -34,16 +35,7 @@ const remove = (entity: string, position: number): MembershipChange => ({ entity
 export function groupStoreContract(name: string, open: () => Promise<Store>, cleanup?: () => Promise<void>): void {
   describe(`Store contract (groups): ${name}`, () => {
     let store: Store;
-
-    beforeEach(async () => {
-      store = await open();
-      await store.migrate();
-    });
-
-    afterEach(async () => {
-      await store.close();
-      await cleanup?.();
-    });
+    onAFreshStoreEachTest(open, cleanup, (s) => (store = s));
 
     /** A chain with its genesis block and genesis members; returns its uri and genesis block. */
     async function newChain(members: readonly string[] = ["alice@example.com", "bob@example.com"]) {

@@ -1,7 +1,8 @@
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { ChannelRecord, RecordOutcome, Store } from "../../src/store/store.js";
+import { onAFreshStoreEachTest } from "./fresh-store.js";
 
 /**
  * A channel record with unique uri and client key thumbprint; `overrides` replace any field.
@@ -36,16 +37,7 @@ const BIG_LIMIT = 1_000_000;
 export function storeContract(name: string, open: () => Promise<Store>, cleanup?: () => Promise<void>): void {
   describe(`Store contract: ${name}`, () => {
     let store: Store;
-
-    beforeEach(async () => {
-      store = await open();
-      await store.migrate();
-    });
-
-    afterEach(async () => {
-      await store.close();
-      await cleanup?.();
-    });
+    onAFreshStoreEachTest(open, cleanup, (s) => (store = s));
 
     describe("migrate / ping", () => {
       it("migrate is idempotent (twice more is fine) and keeps data", async () => {
