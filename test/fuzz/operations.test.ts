@@ -5,7 +5,7 @@ import { buildAppendedPayload } from "../../src/primitives/gmbc/sign-block.js";
 import { generateEphemeralKeyPair } from "../../src/protocol/jose/ephemeral-key.js";
 import { post, RawClient, type TestKms } from "../helpers/harness.js";
 import { add, createGroup, Party, type Chain } from "../helpers/gk-fixtures.js";
-import { displayUrl, postgresAvailable } from "../helpers/postgres.js";
+import { postgresForSuite } from "../helpers/postgres.js";
 import {
   closeSnapshotClients,
   DELETE,
@@ -96,10 +96,7 @@ function invalidRequestId(v: unknown): boolean {
  * (PostgreSQL refuses NUL and turns lone surrogates into U+FFFD). Without a server the PostgreSQL
  * run is skipped, loudly; in CI (CI set) it fails instead.
  */
-const postgres = await postgresAvailable();
-const ci = process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false" && process.env.CI !== "0";
-if (!postgres && ci) throw new Error(`PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL run of the operations fuzzer must run in CI`);
-if (!postgres) console.warn(`PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL run of the operations fuzzer is SKIPPED`);
+const postgres = await postgresForSuite("the PostgreSQL run of the operations fuzzer");
 
 for (const storeKind of ["sqlite", "postgres"] as const) {
   const suite = storeKind === "sqlite" || postgres ? describe : describe.skip;

@@ -4,7 +4,7 @@ import { openJws, post, RawClient, startTestKms, type TestKms } from "../helpers
 import { createGroup, makeDeviceKey, Party } from "../helpers/gk-fixtures.js";
 import { rawHttp } from "../helpers/fuzz-http.js";
 import { closeSnapshotClients, sealText, snapshotDiff, startTestKmsOn, storeSnapshot } from "../helpers/fuzz-support.js";
-import { displayUrl, postgresAvailable } from "../helpers/postgres.js";
+import { postgresForSuite } from "../helpers/postgres.js";
 
 /**
  * The minimal counterexamples the fuzzers in this folder found, each as a plain test, so that
@@ -43,10 +43,7 @@ describe("fuzz regressions", () => {
  * differing only in lone surrogates were one row (both become U+FFFD). Such text is now refused
  * where it enters (400 naming the field), or names nothing (404 / 401). Run on both stores.
  */
-const postgres = await postgresAvailable();
-const ci = process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false" && process.env.CI !== "0";
-if (!postgres && ci) throw new Error(`PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL fuzz regressions must run in CI`);
-if (!postgres) console.warn(`PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL fuzz regressions are SKIPPED`);
+const postgres = await postgresForSuite("the PostgreSQL run of the fuzz regressions");
 
 for (const storeKind of ["sqlite", "postgres"] as const) {
   (storeKind === "sqlite" || postgres ? describe : describe.skip)(`fuzz regressions: text a store cannot hold (${storeKind})`, () => {

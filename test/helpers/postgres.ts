@@ -55,3 +55,22 @@ export function freshSchema(): { schema: string; dropSchema: () => Promise<void>
   const schema = `keyward_test_${process.pid}_${randomBytes(6).toString("hex")}`;
   return { schema, dropSchema: async () => void (await adminQuery(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`)) };
 }
+
+/**
+ * Whether a suite that needs PostgreSQL can run: true when the test server answers. Without one
+ * the suite is skipped, loudly (`what` names it in the warning); under CI (`CI` set and not
+ * "false"/"0") it must run, so this throws instead.
+ *
+ * @example
+ * const available = await postgresForSuite("the PostgreSQL store suite");
+ * const suite = available ? describe : describe.skip;
+ */
+export async function postgresForSuite(what: string): Promise<boolean> {
+  const available = await postgresAvailable();
+  const ci = process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false" && process.env.CI !== "0";
+  if (!available && ci) {
+    throw new Error(`PostgreSQL not reachable at ${displayUrl()}: ${what} must run in CI (CI=${process.env.CI}); start a server or set KEYWARD_TEST_POSTGRES_URL`);
+  }
+  if (!available) console.warn(`PostgreSQL not reachable at ${displayUrl()}: ${what} is SKIPPED`);
+  return available;
+}

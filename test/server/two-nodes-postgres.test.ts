@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeviceKey, Groups, GroupKeys, KmsClient, KmsRequestError } from "../../src/client/index.js";
 import { blockHash } from "../../src/primitives/block-hash.js";
 import { buildAppendedPayload, signAppendedBlock, verifyChain } from "../../src/primitives/gmbc/index.js";
-import { displayUrl, postgresAvailable } from "../helpers/postgres.js";
+import { postgresForSuite } from "../helpers/postgres.js";
 import { stopAllServers } from "../helpers/spawn-kms.js";
 import { RawChannel, RoutingTransport, startTwoNodes, type TwoNodes } from "../helpers/two-nodes.js";
 
@@ -16,14 +16,7 @@ import { RawChannel, RoutingTransport, startTwoNodes, type TwoNodes } from "../h
  * Needs PostgreSQL (KEYWARD_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test).
  * Without a server the suite is skipped, loudly; in CI (CI set) it fails instead.
  */
-const available = await postgresAvailable();
-const ci = process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false" && process.env.CI !== "0";
-if (!available && ci) {
-  throw new Error(
-    `PostgreSQL not reachable at ${displayUrl()}: the two-node PostgreSQL suite must run in CI (CI=${process.env.CI}); start a server or set KEYWARD_TEST_POSTGRES_URL`,
-  );
-}
-if (!available) console.warn(`PostgreSQL not reachable at ${displayUrl()}: the two-node PostgreSQL suite is SKIPPED`);
+const available = await postgresForSuite("the two-node PostgreSQL suite");
 
 const suite = available ? describe : describe.skip;
 

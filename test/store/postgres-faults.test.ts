@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeviceKey, Groups, GroupKeys, KmsClient, KmsRequestError } from "../../src/client/index.js";
 import { classifyPostgresError, PostgresStore, POSTGRES_TIMEOUT_DEFAULTS } from "../../src/store/postgres/postgres-store.js";
 import { StoreUnavailableError } from "../../src/store/store.js";
-import { adminQuery, displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
+import { adminQuery, freshSchema, postgresForSuite, TEST_POSTGRES_URL } from "../helpers/postgres.js";
 import { initTestDataDir, killServe, spawnServe, stopAllServers, type ServeProcess, type TestDataDir } from "../helpers/spawn-kms.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
 import { RawChannel } from "../helpers/two-nodes.js";
@@ -20,14 +20,7 @@ import { RawChannel } from "../helpers/two-nodes.js";
  * Needs PostgreSQL (KEYWARD_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test).
  * Without a server the suite is skipped, loudly; in CI (CI set) it fails instead.
  */
-const available = await postgresAvailable();
-const ci = process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false" && process.env.CI !== "0";
-if (!available && ci) {
-  throw new Error(
-    `PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL fault suite must run in CI (CI=${process.env.CI}); start a server or set KEYWARD_TEST_POSTGRES_URL`,
-  );
-}
-if (!available) console.warn(`PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL fault suite is SKIPPED`);
+const available = await postgresForSuite("the PostgreSQL fault suite");
 
 const suite = available ? describe : describe.skip;
 

@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { membershipEffects, PostgresStore } from "../../src/store/postgres/postgres-store.js";
 import { postgresMigrations } from "../../src/store/postgres/migrations.js";
 import { sqliteMigrations } from "../../src/store/sqlite/migrations.js";
-import { adminQuery, displayUrl, freshSchema, postgresAvailable, TEST_POSTGRES_URL } from "../helpers/postgres.js";
+import { adminQuery, freshSchema, postgresForSuite, TEST_POSTGRES_URL } from "../helpers/postgres.js";
 import { makeChannel, storeContract } from "./contract.js";
 import { groupStoreContract, makeBlock } from "./contract-groups.js";
 import { auditStoreContract, makeAuditEvent } from "./contract-audit.js";
@@ -18,14 +18,7 @@ import { verifyAuditChain } from "../../src/store/audit.js";
  * postgres://postgres@127.0.0.1:5432/test), each test in a fresh schema dropped afterwards.
  * Without a server the suite is skipped, loudly; in CI (CI set) it fails instead.
  */
-const available = await postgresAvailable();
-const ci = process.env.CI !== undefined && process.env.CI !== "" && process.env.CI !== "false" && process.env.CI !== "0";
-if (!available && ci) {
-  throw new Error(
-    `PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL store suite must run in CI (CI=${process.env.CI}); start a server or set KEYWARD_TEST_POSTGRES_URL`,
-  );
-}
-if (!available) console.warn(`PostgreSQL not reachable at ${displayUrl()}: the PostgreSQL store suite is SKIPPED`);
+const available = await postgresForSuite("the PostgreSQL store suite");
 
 const suite = available ? describe : describe.skip;
 
