@@ -14,7 +14,7 @@ import { DeviceKey, GroupKeys, Groups, type KmsClient } from "../../src/client/i
 import { describePolicy } from "../../src/server/gk/policy.js";
 import { preview, startFileServer, type FileServer } from "./file-server.js";
 import { startDemoKms, type DemoKms } from "./kms.js";
-import { attempt, short, shown, type Access } from "../lib/access.js";
+import { attempt, short, shown, stepLog, type Access } from "../lib/steps.js";
 
 export type Policy = 1 | 2 | 3;
 
@@ -124,15 +124,7 @@ async function download(server: FileServer, id: string): Promise<{ jwe: string; 
  */
 export async function runFileSharing(opts: { policy?: Policy; log?: (line: string) => void } = {}): Promise<FileSharingResult> {
   const policy = opts.policy ?? 1;
-  const lines: string[] = [];
-  const print = opts.log ?? ((line: string) => console.log(line));
-  const say = (line: string) => {
-    lines.push(line);
-    print(line);
-  };
-  const ensure = (ok: boolean, what: string) => {
-    if (!ok) throw new Error(`file-sharing demo (policy ${policy}): ${what}`);
-  };
+  const { lines, say, ensure } = stepLog(`file-sharing demo (policy ${policy})`, opts.log);
 
   const kms = await startDemoKms({ policy });
   let server: FileServer | undefined;

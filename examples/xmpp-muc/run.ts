@@ -17,7 +17,7 @@ import { decodeProtectedHeader } from "jose";
 import { DeviceKey, GroupKeys, Groups, KmsClient, XmppTransport, xmppJsConnection } from "../../src/client/index.js";
 import { prosodyInstalled, startProsody, type ProsodyServer } from "../../test/helpers/prosody.js";
 import { startXmppDemoKms, type XmppDemoKms } from "./kms.js";
-import { attempt, short, shown, type Access } from "../lib/access.js";
+import { attempt, short, shown, stepLog, type Access } from "../lib/steps.js";
 
 const NS_KMS = "urn:x-keyward:kms:1";
 const NS_EME = "urn:xmpp:eme:0";
@@ -204,15 +204,7 @@ async function queryArchive(xmpp: Client, room: string): Promise<Element[]> {
  */
 export async function runXmppMuc(opts: { log?: (line: string) => void } = {}): Promise<XmppMucResult> {
   if (!prosodyInstalled()) throw new ProsodyMissingError();
-  const lines: string[] = [];
-  const print = opts.log ?? ((line: string) => console.log(line));
-  const say = (line: string) => {
-    lines.push(line);
-    print(line);
-  };
-  const ensure = (ok: boolean, what: string) => {
-    if (!ok) throw new Error(`xmpp-muc demo: ${what}`);
-  };
+  const { lines, say, ensure } = stepLog("xmpp-muc demo", opts.log);
 
   const secret = `component-${globalThis.crypto.randomUUID()}`;
   const prosody = await startProsody({

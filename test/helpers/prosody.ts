@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { accessSync, constants, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, connect } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
+import { freePort } from "./cli.js";
 
 /**
  * A real Prosody (Debian `prosody` 0.12) for tests and the XMPP example, on loopback only.
@@ -101,18 +102,6 @@ export function prosodyForTests(what: string): boolean {
   return false;
 }
 
-/** A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes remains). */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Resolves once 127.0.0.1:port accepts a TCP connection; rejects after `timeoutMs`. */
 async function waitForPort(port: number, timeoutMs: number, alive: () => boolean): Promise<void> {

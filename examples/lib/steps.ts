@@ -25,3 +25,25 @@ export const short = (s: string) => `${s.slice(0, 12)}…`;
 
 /** An access as a step line shows it: `granted`, or `refused, 403 "…"`. */
 export const shown = (a: Access) => (a.granted ? "granted" : `refused, ${a.status} "${a.reason}"`);
+
+/**
+ * An example's step log: `say` prints a line through `log` (default: the console) and keeps it in
+ * `lines`; `ensure` fails the example, naming it, when what it promises does not hold.
+ *
+ * @example
+ * const { lines, say, ensure } = stepLog("xmpp-muc demo", opts.log);
+ * say("step 1: …"); ensure(gk.block === genesis.hash, "the GK is not bound to the genesis block");
+ */
+export function stepLog(demo: string, log: (line: string) => void = (line) => console.log(line)) {
+  const lines: string[] = [];
+  return {
+    lines,
+    say: (line: string) => {
+      lines.push(line);
+      log(line);
+    },
+    ensure: (ok: boolean, what: string) => {
+      if (!ok) throw new Error(`${demo}: ${what}`);
+    },
+  };
+}
